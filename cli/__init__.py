@@ -1,0 +1,1 @@
+"""The ``flnode`` command line: one module per command, registered on one click group."""

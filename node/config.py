@@ -1,0 +1,214 @@
+"""Node configuration: one typed, validated, frozen object built from four layers.
+
+Layers, later ones winning: the defaults below < ``<datadir>/config.toml`` < ``FLNODE_<SECTION>_<KEY>``
+environment variables < command-line flags. Every value remembers where it came from, so an error
+names both the key and its source ("storage.max_blob_size (from FLNODE_STORAGE_MAX_BLOB_SIZE)").
+
+Unknown keys are errors, not warnings: a misspelt setting that is silently ignored is worse than a
+node that refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_origin
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+ENV_PREFIX = "FLNODE_"
+# FLNODE_* variables that are read by the CLI itself rather than being config settings.
+NON_SETTING_ENV = frozenset({"FLNODE_DATADIR"})
+
+Role = Literal["device", "edge", "miner", "manufacturer"]
+ROLES: tuple[Role, ...] = ("device", "edge", "miner", "manufacturer")
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "console", "json"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class NodeSection(_Section):
+    """[node]: who this node is in the network."""
+
+    roles: tuple[Role, ...] = Field(
+        ("device",), description="Roles this node runs: device, edge, miner, manufacturer."
+    )
+    network_id: str = Field(
+        "flnode-devnet",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
+        description="Name of the network; nodes only talk to nodes with the same network id.",
+    )
+    shutdown_timeout_s: float = Field(
+        1.5, gt=0, le=60, description="Seconds each service gets to stop before it is cancelled."
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_unique_non_empty(cls, roles: tuple[Role, ...]) -> tuple[Role, ...]:
+        if not roles:
+            raise ValueError("at least one role is needed")
+        if len(set(roles)) != len(roles):
+            raise ValueError("roles must not repeat")
+        return roles
+
+
+class LogSection(_Section):
+    """[log]: structured logging."""
+
+    level: LogLevel = Field("info", description="debug, info, warning or error.")
+    format: LogFormat = Field(
+        "auto", description="console (key=value), json, or auto (console on a terminal)."
+    )
+
+
+class StorageSection(_Section):
+    """[storage]: the content-addressed blob store."""
+
+    max_blob_size: int = Field(
+        64 * 2**20, gt=0, le=2**31, description="Largest blob the store accepts, in bytes."
+    )
+    gc_budget_bytes: int = Field(
+        0, ge=0, description="Garbage-collect unpinned blobs beyond this many bytes (0 = never)."
+    )
+    gc_interval_s: float = Field(
+        300.0, gt=0, description="Seconds between garbage collections when a budget is set."
+    )
+
+
+class NodeConfig(_Section):
+    """The whole configuration of one node."""
+
+    node: NodeSection = NodeSection()
+    log: LogSection = LogSection()
+    storage: StorageSection = StorageSection()
+
+
+def load_config(
+    datadir: str | Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+) -> NodeConfig:
+    """Build the configuration from its layers.
+
+    Parameters
+    ----------
+    datadir:
+        The node's data directory; its ``config.toml`` is read if present.
+    env:
+        The environment (``os.environ`` if None); ``FLNODE_<SECTION>_<KEY>`` variables are read.
+    overrides:
+        Values from command-line flags, as dotted keys (``{"log.level": "debug"}``); None values
+        are ignored, so unset flags do not override anything.
+    config_file:
+        An explicit config file instead of ``<datadir>/config.toml``; it must exist.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+
+    path: Path | None = Path(config_file) if config_file is not None else None
+    if path is None and datadir is not None:
+        candidate = Path(datadir) / CONFIG_FILE
+        path = candidate if candidate.exists() else None
+    elif path is not None and not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path is not None:
+        _merge_file(path, merged, sources)
+
+    _merge_env(os.environ if env is None else env, merged, sources)
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        merged.setdefault(section, {})[key] = value
+        sources[dotted] = "command line"
+
+    try:
+        return NodeConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, merged, sources)) from None
+
+
+def _merge_file(path: Path, merged: dict[str, dict[str, Any]], sources: dict[str, str]) -> None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [{section}] table")
+        for key, value in table.items():
+            merged.setdefault(section, {})[key] = value
+            sources[f"{section}.{key}"] = str(path)
+
+
+def _merge_env(
+    env: Mapping[str, str], merged: dict[str, dict[str, Any]], sources: dict[str, str]
+) -> None:
+    sections = NodeConfig.model_fields
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections or not key:
+            raise ConfigError(
+                f"unknown setting in environment variable {name}; expected "
+                f"FLNODE_<SECTION>_<KEY> with a section of {', '.join(sections)}"
+            )
+        section_model = sections[section].annotation
+        field = getattr(section_model, "model_fields", {}).get(key)
+        value: Any = raw
+        if field is not None and get_origin(field.annotation) in (tuple, list):
+            value = tuple(part.strip() for part in raw.split(",") if part.strip())
+        merged.setdefault(section, {})[key] = value
+        sources[f"{section}.{key}"] = name
+
+
+def _describe(exc: ValidationError, merged: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    """One line naming the first offending key, its value and where it came from."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    dotted = ".".join(loc[:2])
+    source = sources.get(dotted, "defaults")
+    if err["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown config section [{loc[0]}] (from {source})"
+        return f"unknown setting {dotted} (from {source})"
+    value = merged.get(loc[0], {}).get(loc[1]) if len(loc) > 1 else None
+    return f"invalid setting {dotted} = {value!r} (from {source}): {err['msg']}"
+
+
+def default_config_toml() -> str:
+    """A commented ``config.toml`` holding every setting at its default, generated from the model."""
+    lines = [
+        "# flnode node configuration. Every setting is shown at its default.",
+        "# Precedence: defaults < this file < FLNODE_<SECTION>_<KEY> environment < flags.",
+        "",
+    ]
+    defaults = NodeConfig()
+    for section, field in NodeConfig.model_fields.items():
+        model = field.annotation
+        lines.append(f"[{section}]")
+        for key, sub in model.model_fields.items():  # type: ignore[union-attr]
+            if sub.description:
+                lines.append(f"# {sub.description}")
+            value = getattr(getattr(defaults, section), key)
+            if isinstance(value, tuple):
+                value = list(value)
+            lines.append(tomli_w.dumps({key: value}).strip())
+        lines.append("")
+    return "\n".join(lines)

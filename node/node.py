@@ -1,0 +1,129 @@
+"""The Node: one daemon, whose role decides which services it runs.
+
+The Node owns a trio nursery. It starts its services one by one (each reports when it is ready),
+announces readiness (a log line and ``<datadir>/node.json``), waits for a stop request, then stops
+the services in reverse order, each with a bounded grace period, and logs "stopped". Later issues add
+their services (p2p, chain, consensus, learning, api) to :func:`services_for` without changing this
+lifecycle.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from . import __version__
+from .config import NodeConfig
+from .datadir import DataDir
+from .identity import NodeIdentity
+from .log import get_logger
+from .service import LoopMonitor, Service
+from .storage.service import BlobStoreService
+
+
+def services_for(config: NodeConfig, datadir: DataDir) -> list[Service]:
+    """The services a node with ``config`` runs, in start order."""
+    return [
+        LoopMonitor(),
+        BlobStoreService(
+            datadir.blob_dir,
+            max_blob_size=config.storage.max_blob_size,
+            gc_budget_bytes=config.storage.gc_budget_bytes,
+            gc_interval_s=config.storage.gc_interval_s,
+        ),
+    ]
+
+
+@dataclass(slots=True)
+class _Running:
+    service: Service
+    scope: trio.CancelScope
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Node:
+    """A running flnode daemon."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: NodeIdentity,
+        datadir: str | Path,
+        services: Sequence[Service] | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.datadir = DataDir(Path(datadir))
+        self.services = list(services) if services is not None else services_for(config, self.datadir)
+        self._stop_requested = trio.Event()
+        self._running: list[_Running] = []
+        self.log = get_logger("flnode.node", node=identity.peer_id[-8:])
+
+    def request_stop(self) -> None:
+        """Ask the node to stop; :meth:`run` returns once every service has stopped."""
+        self._stop_requested.set()
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(f"no service named {name!r} in this node")
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        started_at = time.time()
+        async with trio.open_nursery() as nursery:
+            try:
+                for svc in self.services:
+                    running = _Running(svc, trio.CancelScope())
+                    self._running.append(running)
+                    await nursery.start(self._supervise, running)
+                self.datadir.write_state({
+                    "pid": os.getpid(),
+                    "peer_id": self.identity.peer_id,
+                    "address": self.identity.address,
+                    "roles": list(self.config.node.roles),
+                    "network_id": self.config.node.network_id,
+                    "version": __version__,
+                    "started_at": started_at,
+                })
+                self.log.info(
+                    "ready",
+                    peer_id=self.identity.peer_id,
+                    address=self.identity.address,
+                    roles=",".join(self.config.node.roles),
+                    network_id=self.config.node.network_id,
+                    services=[s.name for s in self.services],
+                    startup_s=round(time.time() - started_at, 3),
+                )
+                task_status.started(self)
+                await self._stop_requested.wait()
+                self.log.info("stopping")
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop_services()
+                    self.datadir.clear_state()
+        self.log.info("stopped", uptime_s=round(time.time() - started_at, 3))
+
+    async def _supervise(self, running: _Running, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with running.scope:
+                await running.service.run(task_status=task_status)
+                if not running.scope.cancel_called:
+                    raise RuntimeError(f"service {running.service.name!r} exited while the node ran")
+        finally:
+            running.done.set()
+
+    async def _stop_services(self) -> None:
+        grace = self.config.node.shutdown_timeout_s
+        for running in reversed(self._running):
+            running.scope.cancel()
+            with trio.move_on_after(grace) as waited:
+                await running.done.wait()
+            if waited.cancelled_caught:
+                self.log.warning("service did not stop in time", service=running.service.name,
+                                 grace_s=grace)
