@@ -9,7 +9,9 @@ import click
 
 @click.command("cid")
 @click.argument(
-    "files", nargs=-1, required=True,
+    "files",
+    nargs=-1,
+    required=True,
     type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
 )
 def cid_command(files: tuple[Path, ...]) -> None:

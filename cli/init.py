@@ -22,7 +22,9 @@ def init_command(datadir: Path, force: bool) -> None:
 
     result = init_datadir(datadir, force=force)
     click.echo(f"initialised {result.datadir.path}")
-    click.echo(f"  config   {result.datadir.config_file}" + ("" if result.wrote_config else " (kept)"))
+    click.echo(
+        f"  config   {result.datadir.config_file}" + ("" if result.wrote_config else " (kept)")
+    )
     click.echo(f"  key      {result.datadir.key_file} (mode 0600)")
     click.echo(f"  token    {result.datadir.token_file} (mode 0600)")
     click.echo(f"  peer id  {result.identity.peer_id}")

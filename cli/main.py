@@ -47,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flnode.errors import ConfigError, DataDirError, FLNodeError
 
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="flnode",
-                          standalone_mode=False)
+        result = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="flnode", standalone_mode=False
+        )
     except click.UsageError as exc:
         hint = ""
         if exc.ctx is not None:

@@ -27,24 +27,38 @@ def _parse_roles(
 @click.command("start")
 @datadir_option
 @click.option(
-    "--role", "roles", multiple=True, callback=_parse_roles, metavar="ROLE[,ROLE]",
+    "--role",
+    "roles",
+    multiple=True,
+    callback=_parse_roles,
+    metavar="ROLE[,ROLE]",
     help="Role(s) to run: device, edge, miner, manufacturer (repeat or comma-separate). "
     "Default: node.roles from the config.",
 )
 @click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
     help="Log level (default: log.level from the config, info).",
 )
 @click.option(
-    "--log-format", type=click.Choice(["auto", "console", "json"]), default=None,
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default=None,
     help="console = key=value, json = one object per line, auto = console on a terminal.",
 )
 @click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="Config file to use instead of <datadir>/config.toml.",
 )
 def start_command(
-    datadir: Path, roles: tuple[str, ...] | None, log_level: str | None, log_format: str | None,
+    datadir: Path,
+    roles: tuple[str, ...] | None,
+    log_level: str | None,
+    log_format: str | None,
     config_file: Path | None,
 ) -> None:
     """Run the node daemon in the foreground.

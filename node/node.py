@@ -59,7 +59,9 @@ class Node:
         self.config = config
         self.identity = identity
         self.datadir = DataDir(Path(datadir))
-        self.services = list(services) if services is not None else services_for(config, self.datadir)
+        self.services = (
+            list(services) if services is not None else services_for(config, self.datadir)
+        )
         self._stop_requested = trio.Event()
         self._running: list[_Running] = []
         self.log = get_logger("flnode.node", node=identity.peer_id[-8:])
@@ -82,15 +84,17 @@ class Node:
                     running = _Running(svc, trio.CancelScope())
                     self._running.append(running)
                     await nursery.start(self._supervise, running)
-                self.datadir.write_state({
-                    "pid": os.getpid(),
-                    "peer_id": self.identity.peer_id,
-                    "address": self.identity.address,
-                    "roles": list(self.config.node.roles),
-                    "network_id": self.config.node.network_id,
-                    "version": __version__,
-                    "started_at": started_at,
-                })
+                self.datadir.write_state(
+                    {
+                        "pid": os.getpid(),
+                        "peer_id": self.identity.peer_id,
+                        "address": self.identity.address,
+                        "roles": list(self.config.node.roles),
+                        "network_id": self.config.node.network_id,
+                        "version": __version__,
+                        "started_at": started_at,
+                    }
+                )
                 self.log.info(
                     "ready",
                     peer_id=self.identity.peer_id,
@@ -114,7 +118,9 @@ class Node:
             with running.scope:
                 await running.service.run(task_status=task_status)
                 if not running.scope.cancel_called:
-                    raise RuntimeError(f"service {running.service.name!r} exited while the node ran")
+                    raise RuntimeError(
+                        f"service {running.service.name!r} exited while the node ran"
+                    )
         finally:
             running.done.set()
 
@@ -125,5 +131,6 @@ class Node:
             with trio.move_on_after(grace) as waited:
                 await running.done.wait()
             if waited.cancelled_caught:
-                self.log.warning("service did not stop in time", service=running.service.name,
-                                 grace_s=grace)
+                self.log.warning(
+                    "service did not stop in time", service=running.service.name, grace_s=grace
+                )

@@ -78,7 +78,9 @@ class Cid:
         except Exception as exc:  # py-cid raises a zoo of types on bad input
             raise InvalidCidError(f"not a valid CID: {text!r:.80}") from exc
         if parsed.version != 1:
-            raise InvalidCidError(f"only CIDv1 is supported, got CIDv{parsed.version}: {text!r:.80}")
+            raise InvalidCidError(
+                f"only CIDv1 is supported, got CIDv{parsed.version}: {text!r:.80}"
+            )
         if parsed.codec != RAW_CODEC:
             raise InvalidCidError(f"only the 'raw' codec is supported, got {parsed.codec!r}")
         if decoded.name != HASH_NAME or len(decoded.digest) != DIGEST_SIZE:

@@ -17,7 +17,11 @@ class BlobStoreService(Service):
     name = "blobstore"
 
     def __init__(
-        self, root: Path, *, max_blob_size: int, gc_budget_bytes: int = 0,
+        self,
+        root: Path,
+        *,
+        max_blob_size: int,
+        gc_budget_bytes: int = 0,
         gc_interval_s: float = 300.0,
     ) -> None:
         self.root = root
@@ -38,8 +42,13 @@ class BlobStoreService(Service):
             lambda: BlobStore(self.root, max_blob_size=self.max_blob_size)
         )
         stats = await trio.to_thread.run_sync(self._store.stat)
-        log.info("blob store open", root=str(self.root), blobs=stats.blobs, bytes=stats.bytes,
-                 quarantined=stats.quarantined)
+        log.info(
+            "blob store open",
+            root=str(self.root),
+            blobs=stats.blobs,
+            bytes=stats.bytes,
+            quarantined=stats.quarantined,
+        )
         task_status.started()
         if self.gc_budget_bytes <= 0:
             await trio.sleep_forever()
@@ -47,5 +56,9 @@ class BlobStoreService(Service):
             await trio.sleep(self.gc_interval_s)
             result = await trio.to_thread.run_sync(self._store.gc, self.gc_budget_bytes)
             if result.removed:
-                log.info("blob store gc", removed=result.removed, freed_bytes=result.freed_bytes,
-                         remaining_bytes=result.remaining_bytes)
+                log.info(
+                    "blob store gc",
+                    removed=result.removed,
+                    freed_bytes=result.freed_bytes,
+                    remaining_bytes=result.remaining_bytes,
+                )
