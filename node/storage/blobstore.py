@@ -21,6 +21,7 @@ The shard function is IPFS flatfs' ``next-to-last/2``, which spreads base32 CIDs
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -247,10 +248,8 @@ class BlobStore(BlobStoreAPI):
 
     def _quarantine_file(self, path: Path, cid: Cid) -> None:
         target = self._quarantine / f"{cid}.{time.time_ns()}"
-        try:
+        with contextlib.suppress(FileNotFoundError):  # another reader quarantined it first
             os.replace(path, target)
-        except FileNotFoundError:
-            pass  # another reader quarantined it first
 
     def _remove_orphans(self) -> None:
         """Remove temp files left by writers that died (named ``<pid>.<random>.part``)."""
