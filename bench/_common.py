@@ -34,9 +34,12 @@ def machine_info() -> dict[str, Any]:
 
 def run_info() -> dict[str, Any]:
     """Date (UTC, ISO 8601) and the exact command line."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    argv = ["python", "-m", spec.name, *sys.argv[1:]] if spec else ["python", *sys.argv]
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in argv),
     }
 
 
