@@ -1,0 +1,521 @@
+"""The whole learning pipeline for N devices in one process: the reference result.
+
+This runs exactly what the daemon's roles will run, minus the network and the chain:
+
+1. the manufacturer pre-trains extractor + head on its **public** slice with the task's bounding and
+   noise in the loop (public data costs no privacy), then freezes the extractor; the accuracy of that
+   model is the **public-only** baseline every federated result is shown beside;
+2. each device computes its private samples' features once, bounds them and adds noise **once**
+   (:class:`~.privacy.NoisyFeatureCache`, charged to the device's :class:`~.ledger.PrivacyLedger`);
+3. each round every device trains the head from the global head on its fixed noisy features, the
+   update is serialised (safetensors) and named by its CID, attackers (if any) poison theirs, and
+   the task's :class:`~.aggregation.Strategy` combines the updates into the next global head;
+4. after every round the global model is evaluated on the test set: **clean** (the device runs the
+   model on its own noise-free features) and **noisy** (fresh noise on the test features).
+
+Used by ``flnode simulate``, by the benchmarks (``python -m bench.accuracy``) and, later, by the
+end-to-end issue as the reference the daemon's devnet result is compared with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..storage.cid import Cid
+from .aggregation import Strategy, Update, strategy_from_spec
+from .attacks import flip_labels, free_ride, gaussian_noise, scale_update, sign_flip
+from .bounding import Bounding, get_bounding
+from .datasets import labels_to_tensor, load_dataset, to_tensor
+from .ledger import PrivacyLedger
+from .mechanisms import noise_generator
+from .models import ModelSpec, build_head, build_model
+from .partition import partition_indices
+from .privacy import Accounting, FeatureRelease, NoisyFeatureCache, sample_ids_key
+from .serialization import weights_from_bytes, weights_to_bytes
+from .training import evaluate, extract_features, pretrain, set_threads, train_head
+
+AttackName = Literal["none", "label-flip", "sign-flip", "scale", "gaussian-noise", "free-ride"]
+ATTACK_NAMES: tuple[str, ...] = (
+    "none",
+    "label-flip",
+    "sign-flip",
+    "scale",
+    "gaussian-noise",
+    "free-ride",
+)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that determines one simulated federated task.
+
+    ``epsilon`` is read in the ``accounting`` convention (``per-sample``, flnode's honest one, or
+    ``per-feature``, the paper's); ``None`` means no noise at all (ε = ∞, no privacy).
+    """
+
+    dataset: str = "mnist"
+    n_devices: int = 10
+    partition: str = "iid"
+    alpha: float = 0.5
+    classes_per_device: int = 2
+    public_size: int = 2000
+    max_samples_per_device: int | None = None
+    rounds: int = 5
+    local_epochs: int = 2
+    batch_size: int = 64
+    head_lr: float = 1e-3
+    pretrain_epochs: int = 10
+    pretrain_lr: float = 1e-3
+    pretrain_batch_size: int = 64
+    mechanism: Literal["laplace", "gaussian"] = "laplace"
+    epsilon: float | None = 10.0
+    delta: float | None = None
+    accounting: Accounting = "per-sample"
+    bounding: str = "l1"
+    bottleneck: int = 8
+    norm: str = "clampbn"
+    strategy: str = "fedavg"
+    strategy_params: Mapping[str, Any] = field(default_factory=dict)
+    attack: str = "none"
+    attack_fraction: float = 0.0
+    attack_scale: float = 10.0
+    attack_noise_std: float = 1.0
+    seed: int = 0
+    noise_seed: int | None = None
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n_devices < 1:
+            raise ValueError(f"n_devices must be ≥ 1. Got: {self.n_devices}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be ≥ 1. Got: {self.rounds}")
+        if self.epsilon is not None and self.epsilon <= 0:
+            raise ValueError(f"epsilon must be > 0 (or None for no noise). Got: {self.epsilon}")
+        if self.attack not in ATTACK_NAMES:
+            raise ValueError(f"unknown attack {self.attack!r}; known: {', '.join(ATTACK_NAMES)}")
+        if not 0.0 <= self.attack_fraction < 1.0:
+            raise ValueError(f"attack_fraction must be in [0, 1). Got: {self.attack_fraction}")
+        if self.mechanism == "gaussian" and self.epsilon is not None and self.delta is None:
+            raise ValueError("the Gaussian mechanism needs a delta")
+
+    @property
+    def n_attackers(self) -> int:
+        return 0 if self.attack == "none" else round(self.attack_fraction * self.n_devices)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["strategy_params"] = dict(self.strategy_params)
+        return out
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Test accuracy with noise-free ("clean") and freshly noised ("noisy") test features."""
+
+    clean: float
+    noisy: float
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round of the simulated task."""
+
+    round: int
+    accuracy: Accuracy
+    accepted: int
+    rejected: int
+    rejected_attackers: int
+    train_s: float
+    aggregate_s: float
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What a simulated task produced, with the public-only baseline beside it."""
+
+    config: SimulationConfig
+    public_only: Accuracy
+    rounds: tuple[RoundRecord, ...]
+    per_sample_epsilon: float | None
+    per_feature_epsilon: float | None
+    privacy_label: str
+    epsilon_spent: tuple[float, ...]
+    pretrain_s: float
+    release_s: float
+    extract_s_per_1000: float
+    update_bytes: int
+    final_head_cid: str
+
+    @property
+    def final(self) -> Accuracy:
+        return self.rounds[-1].accuracy
+
+    @property
+    def gain_clean(self) -> float:
+        """What federation added over the public-only model (clean accuracy, in points)."""
+        return 100.0 * (self.final.clean - self.public_only.clean)
+
+
+RoundCallback = Callable[[RoundRecord], None]
+StageCallback = Callable[[str], None]
+
+# Fields of SimulationConfig that change the manufacturer's pre-trained model or the features;
+# runs that agree on these can share one Prepared (e.g. IID vs Dirichlet, or different rules).
+_PREPARE_FIELDS = (
+    "dataset",
+    "public_size",
+    "seed",
+    "bounding",
+    "bottleneck",
+    "norm",
+    "mechanism",
+    "epsilon",
+    "delta",
+    "accounting",
+    "pretrain_epochs",
+    "pretrain_lr",
+    "pretrain_batch_size",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """The manufacturer's side of a task: pre-trained model, frozen extractor, its features.
+
+    Training features are extracted on first use and kept, so runs that share a Prepared extract
+    each image once; a device's private features are the rows of its shard (the public slice
+    depends only on the data set, ``public_size`` and the seed, not on how the rest is split).
+    """
+
+    def features_for(self, idx: Tensor) -> Tensor:
+        """The raw extractor features of training images ``idx`` (extracting what is missing)."""
+        missing = idx[~self.extracted[idx]]
+        if len(missing):
+            t0 = time.perf_counter()
+            self.train_features[missing] = extract_features(
+                self.extractor, self.train_images[missing], threads=None
+            )
+            self.extract_seconds.append((len(missing), time.perf_counter() - t0))
+            self.extracted[missing] = True
+        return self.train_features[idx]
+
+    @property
+    def extract_s_per_1000(self) -> float:
+        """Measured feature-extraction time per 1,000 images (on the configured threads)."""
+        n = sum(k for k, _ in self.extract_seconds)
+        return 1000.0 * sum(t for _, t in self.extract_seconds) / n if n else float("nan")
+
+    key: tuple[Any, ...]
+    spec: ModelSpec
+    extractor: torch.nn.Module
+    train_images: Tensor
+    release: FeatureRelease | None
+    bounding: Bounding
+    head_state: dict[str, Tensor]
+    extractor_version: str
+    train_features: Tensor
+    extracted: Tensor
+    train_labels: Tensor
+    test_features: Tensor
+    test_labels: Tensor
+    n_classes: int
+    public_only: Accuracy
+    pretrain_s: float
+    extract_seconds: list[tuple[int, float]]
+
+
+def _prepare_key(cfg: SimulationConfig) -> tuple[Any, ...]:
+    return tuple(getattr(cfg, name) for name in _PREPARE_FIELDS)
+
+
+class _Noise:
+    """The task's noise with its own generator (OS-seeded unless the config fixes a seed)."""
+
+    def __init__(self, release: FeatureRelease | None, seed: int | None) -> None:
+        self.release = release
+        self.generator = noise_generator(seed)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.release.mechanism.release(z, self.generator) if self.release else z
+
+
+def _accuracy(head: torch.nn.Module, prepared: Prepared, noise: _Noise) -> Accuracy:
+    bound = prepared.bounding.apply
+    feats, labels = prepared.test_features, prepared.test_labels
+    clean = evaluate(head, feats, labels, transform=bound, threads=None)
+    noisy = evaluate(head, feats, labels, transform=lambda z: noise(bound(z)), threads=None)
+    return Accuracy(clean.accuracy, noisy.accuracy)
+
+
+def prepare(config: SimulationConfig, *, on_stage: StageCallback | None = None) -> Prepared:
+    """Pre-train the manufacturer's model on its public slice and extract every image's features."""
+    cfg = config
+    stage = on_stage or (lambda _msg: None)
+    set_threads(cfg.threads)
+    stage("loading data")
+    ds = load_dataset(cfg.dataset)
+    public = partition_indices(
+        ds.train_labels, 1, scheme="iid", public_size=cfg.public_size, seed=cfg.seed
+    ).public
+    train_images = to_tensor(ds.train_images)
+    train_labels = labels_to_tensor(ds.train_labels)
+    test_images = to_tensor(ds.test_images)
+
+    bounding = get_bounding(cfg.bounding)
+    release: FeatureRelease | None = None
+    if cfg.epsilon is not None:
+        release = FeatureRelease.create(
+            mechanism=cfg.mechanism,
+            epsilon=cfg.epsilon,
+            accounting=cfg.accounting,
+            bounding=bounding,
+            dim=cfg.bottleneck,
+            delta=cfg.delta if cfg.mechanism == "gaussian" else None,
+        )
+    lo, hi = bounding.coord_range
+    spec = ModelSpec.create(
+        bottleneck=cfg.bottleneck,
+        norm=cfg.norm,
+        coord_lo=lo,
+        coord_hi=hi,
+        noise_scale=release.mechanism.scale if release else None,
+    )
+    noise = _Noise(release, cfg.noise_seed)
+
+    stage(f"pre-training on {len(public)} public images")
+    model = build_model(spec, seed=cfg.seed)
+    public_idx = torch.tensor(public, dtype=torch.int64)
+    t0 = time.perf_counter()
+    pretrain(
+        model,
+        train_images[public_idx],
+        train_labels[public_idx],
+        public_data=True,
+        epochs=cfg.pretrain_epochs,
+        lr=cfg.pretrain_lr,
+        batch_size=cfg.pretrain_batch_size,
+        noise_fn=noise if release else None,
+        bound_fn=bounding.apply,
+        seed=cfg.seed,
+        threads=cfg.threads,
+    )
+    pretrain_s = time.perf_counter() - t0
+    extractor = model.extractor.eval()
+
+    stage("extracting test features")
+    t0 = time.perf_counter()
+    test_features = extract_features(extractor, test_images, threads=cfg.threads)
+    extract_seconds = [(len(test_images), time.perf_counter() - t0)]
+    prepared = Prepared(
+        key=_prepare_key(cfg),
+        spec=spec,
+        extractor=extractor,
+        train_images=train_images,
+        release=release,
+        bounding=bounding,
+        head_state=_prefixed(model.head.state_dict()),
+        extractor_version=_extractor_version(extractor.state_dict(), spec),
+        train_features=torch.zeros(len(train_images), cfg.bottleneck),
+        extracted=torch.zeros(len(train_images), dtype=torch.bool),
+        train_labels=train_labels,
+        test_features=test_features,
+        test_labels=labels_to_tensor(ds.test_labels),
+        n_classes=ds.n_classes,
+        public_only=Accuracy(0.0, 0.0),
+        pretrain_s=pretrain_s,
+        extract_seconds=extract_seconds,
+    )
+    head = build_head(spec)
+    head.load_state_dict(_unprefixed(prepared.head_state))
+    return dataclasses.replace(prepared, public_only=_accuracy(head, prepared, noise))
+
+
+def run_simulation(
+    config: SimulationConfig,
+    *,
+    prepared: Prepared | None = None,
+    on_round: RoundCallback | None = None,
+    on_stage: StageCallback | None = None,
+) -> SimulationResult:
+    """Run one federated task in this process; see the module docstring for the steps.
+
+    ``prepared`` (from :func:`prepare` with a config that agrees on the pre-training fields)
+    skips the manufacturer's stage, so several runs can share one pre-trained extractor.
+    """
+    cfg = config
+    stage = on_stage or (lambda _msg: None)
+    if prepared is None:
+        prepared = prepare(cfg, on_stage=on_stage)
+    elif prepared.key != _prepare_key(cfg):
+        raise ValueError("this Prepared was made for a config with other pre-training settings")
+    set_threads(cfg.threads)
+    strategy: Strategy = strategy_from_spec(cfg.strategy, **dict(cfg.strategy_params))
+    spec, release, bounding = prepared.spec, prepared.release, prepared.bounding
+    noise = _Noise(release, cfg.noise_seed)
+    ds_labels = prepared.train_labels.numpy().astype("uint8")
+    part = partition_indices(
+        ds_labels,
+        cfg.n_devices,
+        scheme=cfg.partition,
+        public_size=cfg.public_size,
+        alpha=cfg.alpha,
+        classes_per_device=cfg.classes_per_device,
+        seed=cfg.seed,
+        max_samples_per_device=cfg.max_samples_per_device,
+    )
+    device_idx = [torch.tensor(s, dtype=torch.int64) for s in part.shards]
+
+    # 2. each device releases its noisy features once, charged to its privacy ledger.
+    cache = NoisyFeatureCache()
+    device_features: list[Tensor] = []
+    device_labels: list[Tensor] = []
+    ledgers: list[PrivacyLedger] = []
+    t0 = time.perf_counter()
+    stage("extracting private features")
+    prepared.features_for(torch.cat(device_idx))
+    stage("releasing noisy features (once per sample)")
+    for i, idx in enumerate(device_idx):
+        raw = prepared.features_for(idx)
+        if release is None:
+            device_features.append(bounding.apply(raw))
+        else:
+            ledger = PrivacyLedger.in_memory(
+                task_id="simulation",
+                device_id=f"device-{i}",
+                budget=(release.per_sample_epsilon, release.delta),
+            )
+            ledgers.append(ledger)
+            device_features.append(
+                cache.get_or_release(
+                    extractor_version=prepared.extractor_version,
+                    dataset_key=sample_ids_key(idx),
+                    features_fn=lambda raw=raw: raw,
+                    release=release,
+                    ledger=ledger,
+                    generator=noise.generator,
+                )
+            )
+        labels = prepared.train_labels[idx]
+        if i < cfg.n_attackers and cfg.attack == "label-flip":
+            labels = flip_labels(labels, prepared.n_classes)
+        device_labels.append(labels)
+    release_s = time.perf_counter() - t0
+
+    # 3. rounds of local training and aggregation. Updates carry the full model's key names
+    # ("head.…"), as spec.weight_specs("head") lists them.
+    global_head = {k: v.clone() for k, v in prepared.head_state.items()}
+    head_specs = spec.weight_specs("head")
+    records: list[RoundRecord] = []
+    update_bytes = 0
+    attackers = {f"device-{i}" for i in range(cfg.n_attackers)}
+    final_cid = ""
+    for rnd in range(1, cfg.rounds + 1):
+        stage(f"round {rnd}/{cfg.rounds}")
+        updates: list[Update] = []
+        duplicates: list[str] = []
+        t0 = time.perf_counter()
+        for i in range(cfg.n_devices):
+            head = build_head(spec)
+            head.load_state_dict(_unprefixed(global_head))
+            train_head(
+                head,
+                device_features[i],
+                device_labels[i],
+                epochs=cfg.local_epochs,
+                lr=cfg.head_lr,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed * 1_000_003 + rnd * 1009 + i,
+                threads=None,
+            )
+            weights = _prefixed(head.state_dict())
+            if i < cfg.n_attackers:
+                weights = _poison(cfg, weights, global_head, rnd, i)
+            blob = weights_to_bytes(weights)
+            update_bytes = max(update_bytes, len(blob))
+            # What a miner does with a received update: parse and check it against the spec.
+            checked = weights_from_bytes(blob, expected=head_specs)
+            cid = str(Cid.from_data(blob))
+            if any(u.cid == cid for u in updates):
+                # Identical bytes from two senders (e.g. two free riders resubmitting the global
+                # model): the first submission stands, later copies are rejected outright.
+                duplicates.append(f"device-{i}")
+                continue
+            updates.append(Update(cid, f"device-{i}", checked, len(device_labels[i])))
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = strategy.aggregate(updates)
+        aggregate_s = time.perf_counter() - t0
+        global_head = {k: v.clone() for k, v in result.weights.items()}
+        final_cid = str(Cid.from_data(weights_to_bytes(global_head)))
+        head = build_head(spec)
+        head.load_state_dict(_unprefixed(global_head))
+        sender_of = {u.cid: u.sender for u in updates}
+        record = RoundRecord(
+            round=rnd,
+            accuracy=_accuracy(head, prepared, noise),
+            accepted=len(result.accepted),
+            rejected=len(result.rejected) + len(duplicates),
+            rejected_attackers=sum(1 for c in result.rejected if sender_of[c] in attackers)
+            + sum(1 for d in duplicates if d in attackers),
+            train_s=train_s,
+            aggregate_s=aggregate_s,
+        )
+        records.append(record)
+        if on_round is not None:
+            on_round(record)
+
+    return SimulationResult(
+        config=cfg,
+        public_only=prepared.public_only,
+        rounds=tuple(records),
+        per_sample_epsilon=release.per_sample_epsilon if release else None,
+        per_feature_epsilon=release.per_feature_epsilon if release else None,
+        privacy_label=release.label if release else "no noise (ε = ∞)",
+        epsilon_spent=tuple(ledger.spent().epsilon for ledger in ledgers),
+        pretrain_s=prepared.pretrain_s,
+        release_s=release_s,
+        extract_s_per_1000=prepared.extract_s_per_1000,
+        update_bytes=update_bytes,
+        final_head_cid=final_cid,
+    )
+
+
+def _poison(
+    cfg: SimulationConfig,
+    weights: dict[str, Tensor],
+    global_head: Mapping[str, Tensor],
+    rnd: int,
+    device: int,
+) -> dict[str, Tensor]:
+    if cfg.attack == "sign-flip":
+        return sign_flip(weights, global_head, scale=cfg.attack_scale)
+    if cfg.attack == "scale":
+        return scale_update(weights, global_head, cfg.attack_scale)
+    if cfg.attack == "gaussian-noise":
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + rnd * 31 + device)
+        return gaussian_noise(weights, cfg.attack_noise_std, gen)
+    if cfg.attack == "free-ride":
+        return free_ride(global_head)
+    return weights  # label-flip poisons the data, not the update
+
+
+def _prefixed(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {f"head.{k}": v.detach().clone() for k, v in state.items()}
+
+
+def _unprefixed(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k.removeprefix("head."): v for k, v in state.items()}
+
+
+def _extractor_version(state: Mapping[str, Tensor], spec: ModelSpec) -> str:
+    """A name for the extractor that produced a release: the CID of its weights (+ the spec)."""
+    digest = hashlib.sha256(spec.to_json() + weights_to_bytes(dict(state))).digest()
+    return str(Cid(digest))
