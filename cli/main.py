@@ -16,6 +16,7 @@ from flnode import __version__
 from .cid import cid_command
 from .init import init_command
 from .keys import keys_group
+from .simulate import simulate_command
 from .start import start_command
 
 USAGE_EXIT = 2
@@ -35,6 +36,7 @@ cli.add_command(init_command)
 cli.add_command(keys_group)
 cli.add_command(cid_command)
 cli.add_command(start_command)
+cli.add_command(simulate_command)
 
 
 def _fail(message: str, code: int) -> int:

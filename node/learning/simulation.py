@@ -37,6 +37,7 @@ from .datasets import labels_to_tensor, load_dataset, to_tensor
 from .ledger import PrivacyLedger
 from .mechanisms import noise_generator
 from .models import ModelSpec, build_head, build_model
+from .norms import NORMS
 from .partition import partition_indices
 from .privacy import Accounting, FeatureRelease, NoisyFeatureCache, sample_ids_key
 from .serialization import weights_from_bytes, weights_to_bytes
@@ -105,6 +106,11 @@ class SimulationConfig:
             raise ValueError(f"attack_fraction must be in [0, 1). Got: {self.attack_fraction}")
         if self.mechanism == "gaussian" and self.epsilon is not None and self.delta is None:
             raise ValueError("the Gaussian mechanism needs a delta")
+        # Fail before any training: the rule, the norm and the bounding are checked up front.
+        strategy_from_spec(self.strategy, **dict(self.strategy_params))
+        get_bounding(self.bounding)
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
 
     @property
     def n_attackers(self) -> int:
@@ -288,7 +294,10 @@ def prepare(config: SimulationConfig, *, on_stage: StageCallback | None = None) 
         coord_hi=hi,
         noise_scale=release.mechanism.scale if release else None,
     )
-    noise = _Noise(release, cfg.noise_seed)
+    # Noise in pre-training runs over public data, so it protects nothing: it only teaches the
+    # extractor to survive the noise. It is seeded from the config for reproducible extractors;
+    # the devices' releases (run_simulation) draw from the operating system unless told otherwise.
+    noise = _Noise(release, cfg.seed)
 
     stage(f"pre-training on {len(public)} public images")
     model = build_model(spec, seed=cfg.seed)
