@@ -20,7 +20,7 @@ def cid_command(files: tuple[Path, ...]) -> None:
     The same CID that `ipfs add --cid-version 1 --raw-leaves` gives a file of up to one block,
     and the name under which flnode stores those bytes.
     """
-    from flnode.storage.cid import Cid
+    from flnode.cid import Cid
 
     for path in files:
         cid = Cid.from_file(path)

@@ -7,7 +7,7 @@ Signatures (used by gossip envelopes, votes and anything else a node signs)::
 
     message_hash = keccak256(domain || 0x00 || payload)          # domain: an ASCII tag without NUL
     digest       = keccak256("\\x19Ethereum Signed Message:\\n32" || message_hash)   # EIP-191 (0x45)
-    signature    = r || s || v   (65 bytes, v in {27, 28}; RFC 6979 deterministic nonces)
+    signature    = r || s || v   (65 bytes, v in {27, 28}, s ≤ n/2; RFC 6979 deterministic nonces)
 
 The domain tag keeps a signature made for one purpose (say, a vote) from being replayed as another
 (say, an envelope). The EIP-191 wrapping makes every signature checkable by standard Ethereum tooling
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 KEY_FILE = "node.key"
 SIGNATURE_SIZE = 65
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _EIP191_PREFIX_32 = b"\x19Ethereum Signed Message:\n32"
 
 
@@ -138,6 +139,10 @@ def recover_signer(domain: bytes, payload: bytes, signature: bytes) -> str:
     v = signature[64]
     if v not in (27, 28):
         raise IdentityError(f"signature v must be 27 or 28, got {v}")
+    # Only low-s signatures (EIP-2): otherwise (r, n - s) with v flipped is a second valid form of
+    # every signature, and a signature could not serve as a unique sortition credential.
+    if int.from_bytes(signature[32:64], "big") > SECP256K1_N // 2:
+        raise IdentityError("signature s is in the upper half of the curve order (not low-s)")
     try:
         sig = keys.Signature(signature[:64] + bytes([v - 27]))
         pub = sig.recover_public_key_from_msg_hash(signing_digest(domain, payload))

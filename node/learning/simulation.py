@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..storage.cid import Cid
+from ..cid import Cid
 from .aggregation import Strategy, Update, strategy_from_spec
 from .attacks import flip_labels, free_ride, gaussian_noise, scale_update, sign_flip
 from .bounding import Bounding, get_bounding
@@ -73,7 +73,7 @@ class SimulationConfig:
     local_epochs: int = 2
     batch_size: int = 64
     head_lr: float = 1e-3
-    pretrain_epochs: int = 10
+    pretrain_epochs: int = 20
     pretrain_lr: float = 1e-3
     pretrain_batch_size: int = 64
     mechanism: Literal["laplace", "gaussian"] = "laplace"

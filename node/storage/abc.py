@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..cid import Cid
     from .blobstore import GcResult, StoreStats
-    from .cid import Cid
 
 
 class BlobStoreAPI(ABC):

@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cid import Cid
 from .abc import BlobStoreAPI
-from .cid import Cid
 from .errors import BlobNotFoundError, BlobTooLargeError, CorruptBlobError
 
 DEFAULT_MAX_BLOB_SIZE = 64 * 2**20

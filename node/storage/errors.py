@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..errors import FLNodeError
 
 if TYPE_CHECKING:
-    from .cid import Cid
+    from ..cid import Cid
 
 
 class StorageError(FLNodeError):

@@ -133,3 +133,17 @@ def test_bad_domains() -> None:
         signing_digest(b"", b"x")
     with pytest.raises(ValueError):
         signing_digest(b"a\x00b", b"x")
+
+
+def test_high_s_twin_of_a_signature_is_rejected() -> None:
+    """(r, n - s, v ^ 1) recovers the same key; only the low-s form is accepted (EIP-2)."""
+    from flnode.identity import SECP256K1_N
+
+    ident = NodeIdentity.from_secret(SECRET)
+    sig = ident.sign(b"d", b"m")
+    s = int.from_bytes(sig[32:64], "big")
+    assert s <= SECP256K1_N // 2  # we only ever produce low-s
+    twin = sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - sig[64]])
+    with pytest.raises(IdentityError, match="low-s"):
+        recover_signer(b"d", b"m", twin)
+    assert not verify_signature(b"d", b"m", twin, ADDRESS)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flnode.storage import Cid, InvalidCidError
+from flnode.cid import Cid, InvalidCidError
 
 HELLO_WORLD_CID = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
 # `ipfs add --cid-version 1 --raw-leaves` of an empty file.

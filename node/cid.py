@@ -17,7 +17,7 @@ from typing import BinaryIO
 import cid as pycid
 import multihash
 
-from ..errors import FLNodeError
+from .errors import FLNodeError
 
 RAW_CODEC = "raw"
 HASH_NAME = "sha2-256"
@@ -108,6 +108,6 @@ _BINARY_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])
 
 def _text_form(digest: bytes) -> str:
     # Multibase base32 ("b" + RFC 4648 lower case, no padding), done directly: blobs are named on
-    # every store operation and the py-cid round trip costs ~0.1 ms. tests/node/storage/test_cid.py
+    # every store operation and the py-cid round trip costs ~0.1 ms. tests/node/test_cid.py
     # checks that both give the same text.
     return "b" + base64.b32encode(_BINARY_PREFIX + digest).decode("ascii").lower().rstrip("=")
