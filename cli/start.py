@@ -48,6 +48,20 @@ def _parse_roles(
     help="console = key=value, json = one object per line, auto = console on a terminal.",
 )
 @click.option(
+    "--listen",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Listen address, e.g. /ip4/127.0.0.1/tcp/4001 (repeatable; default: p2p.listen).",
+)
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Peer to connect to, /ip4/.../tcp/PORT/p2p/PEER_ID (repeatable; default: p2p.bootstrap).",
+)
+@click.option("--mdns/--no-mdns", default=None, help="Discover peers on the LAN with mDNS.")
+@click.option("--network-id", default=None, help="Network name (default: node.network_id).")
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -59,6 +73,10 @@ def start_command(
     roles: tuple[str, ...] | None,
     log_level: str | None,
     log_format: str | None,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    mdns: bool | None,
+    network_id: str | None,
     config_file: Path | None,
 ) -> None:
     """Run the node daemon in the foreground.
@@ -79,7 +97,15 @@ def start_command(
     config = load_config(
         datadir,
         config_file=config_file,
-        overrides={"node.roles": roles, "log.level": log_level, "log.format": log_format},
+        overrides={
+            "node.roles": roles,
+            "node.network_id": network_id,
+            "log.level": log_level,
+            "log.format": log_format,
+            "p2p.listen": listen or None,
+            "p2p.bootstrap": bootstrap or None,
+            "p2p.mdns": mdns,
+        },
     )
     configure_logging(config.log.level, config.log.format)
     identity = NodeIdentity.load(dd.key_file)

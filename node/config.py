@@ -84,12 +84,69 @@ class StorageSection(_Section):
     )
 
 
+class P2PSection(_Section):
+    """[p2p]: the libp2p host, gossip and fetch-by-CID."""
+
+    listen: tuple[str, ...] = Field(
+        ("/ip4/127.0.0.1/tcp/0",),
+        description="Multiaddrs to listen on (tcp port 0 = any free port).",
+    )
+    bootstrap: tuple[str, ...] = Field(
+        (), description="Peers to connect to at start, as /ip4/.../tcp/PORT/p2p/PEER_ID."
+    )
+    mdns: bool = Field(False, description="Discover peers on the local network with mDNS.")
+    max_peers: int = Field(64, ge=1, le=10_000, description="Most peers to keep connected.")
+    peer_exchange_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between announcements of the peers this node knows."
+    )
+    reconnect_max_backoff_s: float = Field(
+        30.0, gt=0, description="Longest wait between reconnection attempts to a known peer."
+    )
+    gossip_queue: int = Field(
+        1024, ge=16, description="Messages buffered per topic subscriber before drops are counted."
+    )
+    max_clock_skew_s: float = Field(
+        60.0,
+        gt=0,
+        description="Gossip older or newer than this (by the sender's clock) is dropped.",
+    )
+    max_fetch_size: int = Field(
+        16 * 2**20, gt=0, description="Largest blob accepted from a fetch-by-CID response (bytes)."
+    )
+    fetch_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of one fetch from one provider."
+    )
+    max_concurrent_fetches: int = Field(8, ge=1, description="Fetches running at once.")
+    ban_threshold: float = Field(
+        -100.0, lt=0, description="Peer score at which a misbehaving peer is banned."
+    )
+    ban_seconds: float = Field(120.0, gt=0, description="How long a ban lasts.")
+
+    @field_validator("listen", "bootstrap")
+    @classmethod
+    def _multiaddrs(cls, addrs: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        import multiaddr
+
+        for addr in addrs:
+            try:
+                parsed = multiaddr.Multiaddr(addr)
+            except Exception:
+                raise ValueError(f"{addr!r} is not a multiaddr") from None
+            protocols = {p.name for p in parsed.protocols()}
+            if "tcp" not in protocols:
+                raise ValueError(f"{addr!r} has no /tcp/ part")
+            if info.field_name == "bootstrap" and "p2p" not in protocols:
+                raise ValueError(f"{addr!r} must end with /p2p/<peer id>")
+        return addrs
+
+
 class NodeConfig(_Section):
     """The whole configuration of one node."""
 
     node: NodeSection = NodeSection()
     log: LogSection = LogSection()
     storage: StorageSection = StorageSection()
+    p2p: P2PSection = P2PSection()
 
 
 def load_config(

@@ -64,6 +64,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             foreign_pre_chain=shared,
         )
     )
+    # libp2p sets INFO on some of its own loggers (its auto-connector chatters); keep libp2p at
+    # WARNING and above unless we run at debug.
+    handler.addFilter(_QuietLibp2p(_LEVELS[level]))
     root = logging.getLogger()
     libp2p_logger = logging.getLogger("libp2p")
     for lg in (root, libp2p_logger):
@@ -76,6 +79,19 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     libp2p_logger.setLevel(max(_LEVELS[level], logging.WARNING))
 
 
-def get_logger(name: str, **bound: Any) -> structlog.stdlib.BoundLogger:
-    """A logger named ``name`` with ``bound`` key-values on every line."""
-    return structlog.stdlib.get_logger(name).bind(**bound)
+class _QuietLibp2p(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.floor = max(level, logging.WARNING)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("libp2p") or record.levelno >= self.floor
+
+
+def get_logger(name: str, **bound: Any) -> Any:
+    """A logger named ``name`` with ``bound`` key-values on every line.
+
+    Safe at import time: the logger is a lazy proxy that picks up :func:`configure_logging`'s
+    set-up on first use (binding values up front would freeze the configuration of that moment).
+    """
+    return structlog.stdlib.get_logger(name, **bound)

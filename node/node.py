@@ -18,25 +18,35 @@ from pathlib import Path
 import trio
 
 from . import __version__
+from .cid import Cid
 from .config import NodeConfig
 from .datadir import DataDir
 from .identity import NodeIdentity
 from .log import get_logger
+from .p2p.service import P2PService
 from .service import LoopMonitor, Service
+from .storage import BlobNotFoundError, CorruptBlobError
 from .storage.service import BlobStoreService
 
 
-def services_for(config: NodeConfig, datadir: DataDir) -> list[Service]:
+def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -> list[Service]:
     """The services a node with ``config`` runs, in start order."""
-    return [
-        LoopMonitor(),
-        BlobStoreService(
-            datadir.blob_dir,
-            max_blob_size=config.storage.max_blob_size,
-            gc_budget_bytes=config.storage.gc_budget_bytes,
-            gc_interval_s=config.storage.gc_interval_s,
-        ),
-    ]
+    blobs = BlobStoreService(
+        datadir.blob_dir,
+        max_blob_size=config.storage.max_blob_size,
+        gc_budget_bytes=config.storage.gc_budget_bytes,
+        gc_interval_s=config.storage.gc_interval_s,
+    )
+
+    async def blob_source(cid: Cid) -> bytes | None:
+        """Serve fetch-by-CID requests from the local store (verified reads)."""
+        try:
+            return await trio.to_thread.run_sync(blobs.store.get, cid)
+        except (BlobNotFoundError, CorruptBlobError):
+            return None
+
+    p2p = P2PService(identity, config.p2p, config.node.network_id, blob_source)
+    return [LoopMonitor(), blobs, p2p]
 
 
 @dataclass(slots=True)
@@ -60,7 +70,7 @@ class Node:
         self.identity = identity
         self.datadir = DataDir(Path(datadir))
         self.services = (
-            list(services) if services is not None else services_for(config, self.datadir)
+            list(services) if services is not None else services_for(config, self.datadir, identity)
         )
         self._stop_requested = trio.Event()
         self._running: list[_Running] = []
@@ -84,8 +94,12 @@ class Node:
                     running = _Running(svc, trio.CancelScope())
                     self._running.append(running)
                     await nursery.start(self._supervise, running)
+                described: dict[str, object] = {}
+                for svc in self.services:
+                    described.update(svc.describe())
                 self.datadir.write_state(
                     {
+                        **described,
                         "pid": os.getpid(),
                         "peer_id": self.identity.peer_id,
                         "address": self.identity.address,
@@ -103,6 +117,7 @@ class Node:
                     network_id=self.config.node.network_id,
                     services=[s.name for s in self.services],
                     startup_s=round(time.time() - started_at, 3),
+                    **described,
                 )
                 task_status.started(self)
                 await self._stop_requested.wait()

@@ -26,6 +26,10 @@ class Service(ABC):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Set up, call ``task_status.started()`` once ready, then run until cancelled."""
 
+    def describe(self) -> dict[str, object]:
+        """Facts about the running service for ``<datadir>/node.json`` (e.g. listen addresses)."""
+        return {}
+
 
 @dataclass(frozen=True, slots=True)
 class LoopLagStatistics:

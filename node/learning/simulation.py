@@ -238,7 +238,8 @@ class Prepared:
     extract_seconds: list[tuple[int, float]]
 
 
-def _prepare_key(cfg: SimulationConfig) -> tuple[Any, ...]:
+def prepare_key(cfg: SimulationConfig) -> tuple[Any, ...]:
+    """What a pre-trained Prepared depends on: runs with equal keys can share one."""
     return tuple(getattr(cfg, name) for name in _PREPARE_FIELDS)
 
 
@@ -324,7 +325,7 @@ def prepare(config: SimulationConfig, *, on_stage: StageCallback | None = None) 
     test_features = extract_features(extractor, test_images, threads=cfg.threads)
     extract_seconds = [(len(test_images), time.perf_counter() - t0)]
     prepared = Prepared(
-        key=_prepare_key(cfg),
+        key=prepare_key(cfg),
         spec=spec,
         extractor=extractor,
         train_images=train_images,
@@ -363,7 +364,7 @@ def run_simulation(
     stage = on_stage or (lambda _msg: None)
     if prepared is None:
         prepared = prepare(cfg, on_stage=on_stage)
-    elif prepared.key != _prepare_key(cfg):
+    elif prepared.key != prepare_key(cfg):
         raise ValueError("this Prepared was made for a config with other pre-training settings")
     set_threads(cfg.threads)
     strategy: Strategy = strategy_from_spec(cfg.strategy, **dict(cfg.strategy_params))

@@ -1,0 +1,46 @@
+"""Work-arounds for measured problems of py-libp2p 0.8.1, in one place.
+
+Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and names what it fixes.
+
+* **Per-peer outbound queue of 32 RPCs** (stack notes, P4): ``Pubsub`` builds each peer's
+  ``RpcQueue()`` with its defaults, and a burst of more than 32 publishes drops the rest silently;
+  the size is not configurable. We make ``pubsub.RpcQueue`` a subclass with room for 4,096 RPCs.
+  Our messages are at most ~270 KiB, below the 1 MiB per-RPC cap, so that cap stays as it is.
+* **The swarm's auto-connector** dials every address in the peerstore to reach a connection target
+  (the middle of the low and high watermarks, 150 by default), whatever ``min_connections`` says;
+  flnode's connector decides whom to dial, so :func:`disable_auto_connector` switches it off for one
+  host.
+"""
+
+from __future__ import annotations
+
+import libp2p.pubsub.pubsub as _pubsub_module
+from libp2p.pubsub.rpc_queue import RpcQueue
+
+OUTBOUND_QUEUE_RPCS = 4096
+
+_applied = False
+
+
+class _DeepRpcQueue(RpcQueue):
+    def __init__(self, max_size: int = OUTBOUND_QUEUE_RPCS, **kwargs: object) -> None:
+        super().__init__(max_size, **kwargs)  # type: ignore[arg-type]
+
+
+def disable_auto_connector(host: object) -> None:
+    """Turn the swarm's auto-connector of ``host`` into a no-op (see the module docstring)."""
+
+    async def _never() -> None:
+        return None
+
+    network = host.get_network()  # type: ignore[attr-defined]
+    network.auto_connector.maybe_connect = _never
+
+
+def apply() -> None:
+    """Install the work-arounds (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    _pubsub_module.RpcQueue = _DeepRpcQueue  # type: ignore[misc]
+    _applied = True

@@ -1,0 +1,69 @@
+"""Gossip between real libp2p hosts in one process: discovery, exactly-once delivery, bursts."""
+
+from __future__ import annotations
+
+import trio
+
+from flnode.p2p.messages import Ping
+
+from .conftest import full_mesh, running_services
+
+
+async def _collect(channel: trio.MemoryReceiveChannel, into: list, expected: int) -> None:  # type: ignore[type-arg]
+    async for envelope in channel:
+        into.append(envelope)
+        if len(into) >= expected:
+            return
+
+
+async def test_five_hosts_find_each_other_from_one_bootstrap_peer() -> None:
+    async with running_services(5) as services:
+        await full_mesh(services)
+        for s in services:
+            others = {o.peer_id for o in services if o is not s}
+            assert set(s.connected_peers()) == others
+
+
+async def test_published_message_reaches_every_other_host_exactly_once() -> None:
+    async with running_services(5) as services:
+        await full_mesh(services)
+        channels = [await s.subscribe("test") for s in services]
+        for s in services:
+            await s.wait_for_topic_peers("test", 4, timeout=20)
+        await trio.sleep(1.5)  # a heartbeat, so the mesh includes everyone
+        sender = services[2]
+        await sender.publish("test", Ping(nonce=42))
+        received: dict[int, list] = {i: [] for i in range(5)}  # type: ignore[type-arg]
+        with trio.move_on_after(3):
+            async with trio.open_nursery() as nursery:
+                for i, ch in enumerate(channels):
+                    if i != 2:
+                        nursery.start_soon(_collect, ch, received[i], 2)  # wait for a duplicate
+        for i in range(5):
+            if i == 2:
+                assert received[i] == []  # our own messages are not delivered to us
+                continue
+            assert len(received[i]) == 1, f"host {i} got {len(received[i])} copies"
+            envelope = received[i][0]
+            assert envelope.message == Ping(nonce=42)
+            assert envelope.peer_id == sender.peer_id
+
+
+async def test_burst_of_200_messages_arrives_complete() -> None:
+    async with running_services(4) as services:
+        await full_mesh(services)
+        channels = [await s.subscribe("burst") for s in services[1:]]
+        await services[0].wait_for_topic_peers("burst", 3, timeout=20)
+        await trio.sleep(1.5)
+        for n in range(200):
+            await services[0].publish("burst", Ping(nonce=n))
+        received: list[list] = [[] for _ in channels]  # type: ignore[type-arg]
+        with trio.move_on_after(20):
+            async with trio.open_nursery() as nursery:
+                for ch, into in zip(channels, received, strict=True):
+                    nursery.start_soon(_collect, ch, into, 200)
+        for into in received:
+            nonces = sorted(e.message.nonce for e in into)
+            assert nonces == list(range(200))
+        for s in services[1:]:
+            assert s.stats.queue_overflow == 0
