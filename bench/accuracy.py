@@ -33,6 +33,7 @@ from flnode.learning.simulation import (
     SimulationConfig,
     SimulationResult,
     prepare,
+    prepare_key,
     run_simulation,
 )
 
@@ -127,7 +128,7 @@ def main() -> None:
     started = time.perf_counter()
     print(f"{len(configs)} runs; results go to bench/results/{args.out}.json after each")
     for n, cfg in enumerate(configs, 1):
-        key = dataclasses.astuple(dataclasses.replace(cfg, partition="iid"))
+        key = prepare_key(cfg)
         if key not in cache:
             cache.clear()  # one pre-trained extractor at a time keeps memory flat
             cache[key] = prepare(cfg)
