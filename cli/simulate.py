@@ -100,7 +100,7 @@ def _epsilon(ctx: click.Context, param: click.Parameter, value: str) -> float | 
 @click.option(
     "--pretrain-epochs",
     type=click.IntRange(0, 1000),
-    default=20,
+    default=30,
     show_default=True,
     help="Manufacturer's pre-training epochs on the public slice.",
 )

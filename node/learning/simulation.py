@@ -41,7 +41,7 @@ from .norms import NORMS
 from .partition import partition_indices
 from .privacy import Accounting, FeatureRelease, NoisyFeatureCache, sample_ids_key
 from .serialization import weights_from_bytes, weights_to_bytes
-from .training import evaluate, extract_features, pretrain, set_threads, train_head
+from .training import RandomShift, evaluate, extract_features, pretrain, set_threads, train_head
 
 AttackName = Literal["none", "label-flip", "sign-flip", "scale", "gaussian-noise", "free-ride"]
 ATTACK_NAMES: tuple[str, ...] = (
@@ -73,7 +73,8 @@ class SimulationConfig:
     local_epochs: int = 2
     batch_size: int = 64
     head_lr: float = 1e-3
-    pretrain_epochs: int = 20
+    pretrain_epochs: int = 30
+    pretrain_shift: int = 2
     pretrain_lr: float = 1e-3
     pretrain_batch_size: int = 64
     mechanism: Literal["laplace", "gaussian"] = "laplace"
@@ -189,6 +190,7 @@ _PREPARE_FIELDS = (
     "pretrain_epochs",
     "pretrain_lr",
     "pretrain_batch_size",
+    "pretrain_shift",
 )
 
 
@@ -316,6 +318,7 @@ def prepare(config: SimulationConfig, *, on_stage: StageCallback | None = None) 
         bound_fn=bounding.apply,
         seed=cfg.seed,
         threads=cfg.threads,
+        augment=RandomShift(cfg.pretrain_shift) if cfg.pretrain_shift else None,
     )
     pretrain_s = time.perf_counter() - t0
     extractor = model.extractor.eval()

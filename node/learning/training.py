@@ -235,6 +235,7 @@ def pretrain(
     optimizer: OptimizerName = "adam",
     weight_decay: float = 0.0,
     threads: int | None = DEFAULT_THREADS,
+    augment: FeatureFn | None = None,
 ) -> TrainStats:
     """The manufacturer's pre-training of extractor + head on its PUBLIC slice.
 
@@ -243,6 +244,8 @@ def pretrain(
     gradient flows back through the additive noise). ``public_data`` must be ``True``: this trains
     the extractor on raw data, which is only acceptable for data that is public (module docstring).
     A trailing batch of a single sample is skipped (BatchNorm cannot train on one sample).
+    ``augment`` (e.g. :class:`RandomShift`) transforms each batch of images first: with a public
+    slice of a few thousand images, augmentation is what keeps the extractor from over-fitting.
     """
     if public_data is not True:
         raise TrainingError(
@@ -254,6 +257,8 @@ def pretrain(
         raise TrainingError(f"pretrain needs a SplitModel, got {type(model).__name__}")
 
     def step_forward(x: Tensor) -> Tensor:
+        if augment is not None:
+            x = augment(x)
         z = model.extractor(x)
         if bound_fn is not None:
             b = bound_fn(z)
@@ -282,6 +287,34 @@ def pretrain(
         threads=threads,
         what="pretrain",
     )
+
+
+class RandomShift:
+    """Shift each image by a random whole number of pixels (at most ``max_shift`` each way).
+
+    The classic augmentation for MNIST-like digits; vacated pixels are zero (the background).
+    Draws from torch's global RNG, which :func:`pretrain` seeds, so runs stay reproducible.
+    """
+
+    def __init__(self, max_shift: int = 2) -> None:
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0. Got: {max_shift}")
+        self.max_shift = max_shift
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if self.max_shift == 0:
+            return images
+        n, _, h, w = images.shape
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (n, 2))
+        theta = torch.zeros(n, 2, 3, dtype=images.dtype)
+        theta[:, 0, 0] = 1.0
+        theta[:, 1, 1] = 1.0
+        theta[:, 0, 2] = -2.0 * shifts[:, 0].to(images.dtype) / w
+        theta[:, 1, 2] = -2.0 * shifts[:, 1].to(images.dtype) / h
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(
+            images, grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )
 
 
 def train_head(

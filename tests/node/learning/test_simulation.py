@@ -13,6 +13,7 @@ BASE = SimulationConfig(
     public_size=500,
     max_samples_per_device=600,
     pretrain_epochs=3,
+    pretrain_shift=0,
     rounds=2,
     local_epochs=2,
     epsilon=30.0,

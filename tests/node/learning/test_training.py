@@ -403,3 +403,18 @@ def test_short_real_mnist_run_of_the_bottleneck_design() -> None:
     )
     assert result.clean.accuracy >= 0.85, result
     assert result.noisy.accuracy >= 0.70, result
+
+
+def test_random_shift_moves_whole_pixels_and_keeps_shape() -> None:
+    from flnode.learning.training import RandomShift
+
+    torch.manual_seed(0)
+    images = torch.zeros(16, 1, 28, 28)
+    images[:, :, 10:18, 10:18] = 1.0  # a square well inside the frame
+    shifted = RandomShift(2)(images)
+    assert shifted.shape == images.shape
+    # Nearest-neighbour shifts by whole pixels: the square's mass is kept, values stay 0/1.
+    assert torch.equal(shifted.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)))
+    assert set(shifted.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(shifted, images)  # 16 draws of 25 shifts: some moved
+    assert torch.equal(RandomShift(0)(images), images)
