@@ -77,6 +77,12 @@ class FetchStatistics:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: bytes | None = None
+
+
 class BlobFetcher:
     """Both sides of fetch-by-CID on one host."""
 
@@ -98,8 +104,7 @@ class BlobFetcher:
         self.timeout_s = timeout_s
         self.stats = FetchStatistics()
         self._limit = trio.Semaphore(max_concurrent)
-        self._inflight: dict[Cid, trio.Event] = {}
-        self._results: dict[Cid, bytes | FetchError] = {}
+        self._inflight: dict[Cid, _Pending] = {}
         self._config = RequestResponseConfig(
             timeout=timeout_s,
             max_request_size=64,
@@ -132,27 +137,20 @@ class BlobFetcher:
         ``providers`` are peer IDs in the order to try (the announcer first). Raises
         :class:`FetchError` listing each provider's failure when none delivers.
         """
-        event = self._inflight.get(cid)
-        if event is not None:  # someone is already fetching it: share the transfer
-            await event.wait()
-            result = self._results.get(cid)
-            if isinstance(result, bytes):
-                return result
-        event = self._inflight[cid] = trio.Event()
+        while (pending := self._inflight.get(cid)) is not None:
+            await pending.done.wait()  # someone is already fetching it: share the transfer
+            if pending.result is not None:
+                return pending.result
+            # that attempt failed (perhaps with other providers): make our own
+        pending = self._inflight[cid] = _Pending()
         try:
             async with self._limit:
-                data = await self._fetch_from_providers(cid, providers)
-            self._results[cid] = data
-            return data
-        except FetchError as exc:
-            self._results[cid] = exc
-            raise
+                pending.result = await self._fetch_from_providers(cid, providers)
+            return pending.result
         finally:
-            event.set()
-            del self._inflight[cid]
-            # Results are only for waiters that were already waiting.
-            await trio.lowlevel.checkpoint()
-            self._results.pop(cid, None)
+            pending.done.set()
+            if self._inflight.get(cid) is pending:
+                del self._inflight[cid]
 
     async def _fetch_from_providers(self, cid: Cid, providers: Sequence[str]) -> bytes:
         attempts: list[tuple[str, str]] = []
