@@ -81,14 +81,25 @@ async def _worker(bootstrap: str | None) -> None:
                     cid = Cid.from_data(blob)
                     await service.publish(
                         "updates",
-                        UpdateAnnouncement(task_id=1, round=n, cid=str(cid), n_samples=6000,
-                                           size=len(blob), blob=blob),
+                        UpdateAnnouncement(
+                            task_id=1,
+                            round=n,
+                            cid=str(cid),
+                            n_samples=6000,
+                            size=len(blob),
+                            blob=blob,
+                        ),
                     )
                     await trio.sleep(gap)
                 say({"ok": True})
             elif cmd == "latencies":
-                say({"latencies": latencies, "dropped": service.stats.dropped,
-                     "overflow": service.stats.queue_overflow})
+                say(
+                    {
+                        "latencies": latencies,
+                        "dropped": service.stats.dropped,
+                        "overflow": service.stats.queue_overflow,
+                    }
+                )
             elif cmd == "put":
                 data = os.urandom(int(args[0]))
                 cid = Cid.from_data(data)
@@ -112,8 +123,9 @@ class Node:
         cmd = [sys.executable, "-m", "bench.p2p", "--worker"]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         hello = self.read()
         self.addr, self.peer_id = hello["ready"], hello["peer_id"]
 
@@ -191,24 +203,31 @@ def main() -> None:
             node.close()
 
     p50, p90 = percentile(latencies, 0.5), percentile(latencies, 0.9)
-    print(f"announcement latency over {len(latencies)} deliveries ({delivered:.1%} delivered): "
-          f"p50 {p50:.1f} ms, p90 {p90:.1f} ms, mean {statistics.mean(latencies):.1f} ms "
-          f"(target p50 < 30 ms)")
-    print(f"fetch: 7 x 5 MB from one provider in {span:.2f} s = {fetch_mb_s:.0f} MB/s aggregate "
-          f"(target >= 50 MB/s)")
-    path = write_result("p2p", {
-        "nodes": NODES,
-        "announce_p50_ms": p50,
-        "announce_p90_ms": p90,
-        "announce_mean_ms": round(statistics.mean(latencies), 2),
-        "announcements": args.announcements,
-        "announce_inline_bytes": INLINE_BYTES,
-        "delivered_fraction": round(delivered, 4),
-        "fetch_mb_s": round(fetch_mb_s, 1),
-        "fetch_requesters": NODES - 1,
-        "fetch_blob_bytes": FETCH_BYTES,
-        "targets": {"announce_p50_ms": 30, "fetch_mb_s": 50},
-    })
+    print(
+        f"announcement latency over {len(latencies)} deliveries ({delivered:.1%} delivered): "
+        f"p50 {p50:.1f} ms, p90 {p90:.1f} ms, mean {statistics.mean(latencies):.1f} ms "
+        f"(target p50 < 30 ms)"
+    )
+    print(
+        f"fetch: 7 x 5 MB from one provider in {span:.2f} s = {fetch_mb_s:.0f} MB/s aggregate "
+        f"(target >= 50 MB/s)"
+    )
+    path = write_result(
+        "p2p",
+        {
+            "nodes": NODES,
+            "announce_p50_ms": p50,
+            "announce_p90_ms": p90,
+            "announce_mean_ms": round(statistics.mean(latencies), 2),
+            "announcements": args.announcements,
+            "announce_inline_bytes": INLINE_BYTES,
+            "delivered_fraction": round(delivered, 4),
+            "fetch_mb_s": round(fetch_mb_s, 1),
+            "fetch_requesters": NODES - 1,
+            "fetch_blob_bytes": FETCH_BYTES,
+            "targets": {"announce_p50_ms": 30, "fetch_mb_s": 50},
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -225,6 +225,7 @@ class Prepared:
     spec: ModelSpec
     extractor: torch.nn.Module
     train_images: Tensor
+    public_idx: Tensor
     release: FeatureRelease | None
     bounding: Bounding
     head_state: dict[str, Tensor]
@@ -332,6 +333,7 @@ def prepare(config: SimulationConfig, *, on_stage: StageCallback | None = None) 
         spec=spec,
         extractor=extractor,
         train_images=train_images,
+        public_idx=public_idx,
         release=release,
         bounding=bounding,
         head_state=_prefixed(model.head.state_dict()),
@@ -349,6 +351,47 @@ def prepare(config: SimulationConfig, *, on_stage: StageCallback | None = None) 
     head = build_head(spec)
     head.load_state_dict(_unprefixed(prepared.head_state))
     return dataclasses.replace(prepared, public_only=_accuracy(head, prepared, noise))
+
+
+def rehead(
+    prepared: Prepared, config: SimulationConfig, *, copies: int = 10, epochs: int = 3
+) -> Prepared:
+    """``prepared`` with a new head for ``config.norm``; the frozen extractor is shared.
+
+    The new head is trained on the public slice's bounded features, with fresh noise in each of
+    ``copies`` noisy copies (public data costs no privacy). Comparing normalisations this way keeps
+    the extractor, and so the features, identical across them: the comparison measures the head's
+    normalisation of noisy features and nothing else. Only ``norm`` may differ from the config
+    ``prepared`` was made for.
+    """
+    cfg = config
+    want = dict(zip(_PREPARE_FIELDS, prepare_key(cfg), strict=True))
+    have = dict(zip(_PREPARE_FIELDS, prepared.key, strict=True))
+    if {k: v for k, v in want.items() if k != "norm"} != {
+        k: v for k, v in have.items() if k != "norm"
+    }:
+        raise ValueError("rehead can only change the norm of a Prepared")
+    set_threads(cfg.threads)
+    spec = prepared.spec.replace(norm=cfg.norm)
+    noise = _Noise(prepared.release, cfg.seed)
+    bounded = prepared.bounding.apply(prepared.features_for(prepared.public_idx))
+    features = torch.cat([noise(bounded) for _ in range(copies)])
+    labels = prepared.train_labels[prepared.public_idx].repeat(copies)
+    head = build_head(spec, seed=cfg.seed)
+    train_head(
+        head,
+        features,
+        labels,
+        epochs=epochs,
+        lr=cfg.pretrain_lr,
+        batch_size=cfg.pretrain_batch_size,
+        seed=cfg.seed,
+        threads=None,
+    )
+    replaced = dataclasses.replace(
+        prepared, key=prepare_key(cfg), spec=spec, head_state=_prefixed(head.state_dict())
+    )
+    return dataclasses.replace(replaced, public_only=_accuracy(head, replaced, noise))
 
 
 def run_simulation(

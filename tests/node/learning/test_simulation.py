@@ -86,3 +86,16 @@ def test_prepared_must_match_the_config(prepared: Prepared) -> None:
 def test_bad_config_is_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(BASE, **change)
+
+
+def test_rehead_changes_only_the_norm_and_shares_the_extractor(prepared: Prepared) -> None:
+    from flnode.learning.simulation import rehead
+
+    other = rehead(prepared, dataclasses.replace(BASE, norm="layernorm"))
+    assert other.spec.to_dict()["params"]["norm"] == "layernorm"
+    assert other.extractor is prepared.extractor
+    assert 0.5 < other.public_only.clean <= 1.0
+    result = run_simulation(dataclasses.replace(BASE, norm="layernorm"), prepared=other)
+    assert result.final.clean > 0.5
+    with pytest.raises(ValueError, match="only change the norm"):
+        rehead(prepared, dataclasses.replace(BASE, epsilon=1.0))
