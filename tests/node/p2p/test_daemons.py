@@ -22,8 +22,17 @@ def test_four_daemons_find_each_other_and_reconnect_after_sigkill(
         first.wait_for(lambda: bool(first.events("ready")), READY_S, "node 0 ready")
         bootstrap = f"/ip4/127.0.0.1/tcp/{ports[0]}/p2p/{first.peer_id}"
         for i in range(1, 4):
-            daemons.append(Daemon(flnode_exe, dirs[i], clean_env, "--listen",
-                                  f"/ip4/127.0.0.1/tcp/{ports[i]}", "--bootstrap", bootstrap))
+            daemons.append(
+                Daemon(
+                    flnode_exe,
+                    dirs[i],
+                    clean_env,
+                    "--listen",
+                    f"/ip4/127.0.0.1/tcp/{ports[i]}",
+                    "--bootstrap",
+                    bootstrap,
+                )
+            )
         for d in daemons:
             d.wait_for(lambda d=d: bool(d.events("ready")), READY_S, "ready")
         ids = [d.peer_id for d in daemons]

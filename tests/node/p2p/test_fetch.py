@@ -41,8 +41,11 @@ async def test_oversized_response_is_cut_off_and_next_provider_used() -> None:
     def settings(i: int, started: list) -> P2PSection:  # type: ignore[type-arg]
         boot = (started[0].addrs[0],) if i else ()
         # The requester (i == 2) accepts at most 1 MiB per response.
-        return P2PSection(bootstrap=boot, peer_exchange_interval_s=1.0,
-                          max_fetch_size=2**20 if i == 2 else 16 * 2**20)
+        return P2PSection(
+            bootstrap=boot,
+            peer_exchange_interval_s=1.0,
+            max_fetch_size=2**20 if i == 2 else 16 * 2**20,
+        )
 
     async with running_services(3, settings=settings) as (big, small, requester):
         await full_mesh([big, small, requester])
