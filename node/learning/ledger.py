@@ -28,20 +28,19 @@ lock, so no second process writes the same ledger.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import math
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from ..errors import FLNodeError
+from ..fsutil import write_file_atomically
+from ..strictjson import loads_strict
 
 FORMAT = "flnode-privacy-ledger"
 FORMAT_VERSION = 1
@@ -354,7 +353,7 @@ class PrivacyLedger:
             "entries": [asdict(e) for e in self._entries],
         }
         data = json.dumps(document, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-        write_file_atomically(self.path, data.encode("utf-8"))
+        write_file_atomically(self.path, data.encode("utf-8"), mode=0o600)
 
     def __repr__(self) -> str:
         return (
@@ -364,13 +363,9 @@ class PrivacyLedger:
         )
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid number in a ledger")
-
-
 def _decode(raw: bytes, path: Path) -> PrivacyLedger:
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        doc = loads_strict(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptLedgerError(path, f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -418,31 +413,3 @@ def _decode(raw: bytes, path: Path) -> PrivacyLedger:
             f"it records ε={epsilon:g}, δ={delta:g} spent, beyond its budget {ledger.budget}",
         )
     return ledger
-
-
-def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that readers and crashes see the old or the new file.
-
-    Writes a temporary file next to it, fsyncs it, renames it over ``path`` and fsyncs the
-    directory (so the rename itself survives a power cut).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb", closefd=True) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    except OSError as exc:  # some file systems refuse to fsync directories
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(dir_fd)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import FLNodeError
+from ..strictjson import loads_strict
 from .norms import DEFAULT_NORM, NORMS, NormConfigError, build_norm
 
 __all__ = [
@@ -414,9 +415,7 @@ class ModelSpec:
         if len(data) > MAX_SPEC_BYTES:
             raise ModelSpecError(f"model spec of {len(data)} bytes exceeds {MAX_SPEC_BYTES} bytes")
         try:
-            parsed = json.loads(
-                data, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
-            )
+            parsed = loads_strict(data)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
             raise ModelSpecError(f"model spec is not valid JSON: {exc}") from exc
         return cls.from_dict(parsed)
@@ -458,19 +457,6 @@ class ModelSpec:
     @property
     def n_classes(self) -> int:
         return int(self.params.n_classes)  # type: ignore[attr-defined]
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed in a model spec")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 def _part_prefix(part: str) -> str:

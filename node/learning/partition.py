@@ -24,13 +24,10 @@ machines and damaged on the way is refused instead of training a device on flipp
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import math
 import numbers
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
+from ..fsutil import write_file_atomically
 from .datasets import Dataset, DatasetError, check_images_and_labels
 
 #: The device-shard schemes :func:`partition_indices` knows.
@@ -324,7 +322,7 @@ def save_shard(
     labels = np.ascontiguousarray(labels)
     header[_SHA256_KEY] = _arrays_sha256(images, labels)
     data = safetensors.numpy.save({"images": images, "labels": labels}, metadata=header)
-    _write_atomically(path, data)
+    write_file_atomically(path, data)
 
 
 def load_shard(path: str | os.PathLike[str]) -> Shard:
@@ -454,32 +452,3 @@ def _frozen_indices(idx: np.ndarray) -> np.ndarray:
     out = np.sort(np.asarray(idx, dtype=np.int64))
     out.flags.writeable = False
     return out
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; some file systems refuse to fsync directories.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)

@@ -38,8 +38,9 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 from ..errors import FLNodeError
+from ..fsutil import write_file_atomically
 from .bounding import Bounding, get_bounding
-from .ledger import EpsDelta, PrivacyBudgetExceeded, PrivacyLedger, write_file_atomically
+from .ledger import EpsDelta, PrivacyBudgetExceeded, PrivacyLedger
 from .mechanisms import GaussianMechanism, LaplaceMechanism, Mechanism, noise_generator
 
 Accounting = Literal["per-sample", "per-feature"]
@@ -368,7 +369,9 @@ class NoisyFeatureCache:
                 **key.metadata(),
             }
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_file_atomically(path, safetensors_save({_TENSOR_NAME: noisy}, metadata))
+            write_file_atomically(
+                path, safetensors_save({_TENSOR_NAME: noisy}, metadata), mode=0o600
+            )
         return noisy, entry.release_id
 
     def _load(self, key: _CacheKey, release: FeatureRelease) -> tuple[Tensor, str] | None:

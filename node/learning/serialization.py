@@ -28,13 +28,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Literal
 
 import safetensors.torch
 import torch
 from torch import Tensor
 
 from ..errors import FLNodeError
+from ..strictjson import loads_strict
 
 __all__ = [
     "BATCH_COUNTER",
@@ -221,11 +222,7 @@ def parse_header(
             f"truncated: the header declares {n} bytes but only {size - 8} follow"
         )
     try:
-        header = json.loads(
-            bytes(data[8 : 8 + n]).decode("utf-8"),
-            parse_constant=_reject_constant,
-            object_pairs_hook=_no_duplicate_keys,
-        )
+        header = loads_strict(bytes(data[8 : 8 + n]).decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, duplicates
         raise WeightsFormatError(f"the header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
@@ -388,19 +385,6 @@ def _is_nat(x: object) -> bool:
 def _itemsize(dtype: torch.dtype) -> int:
     size = _ITEMSIZES.get(dtype)
     return size if size is not None else torch.empty((), dtype=dtype).element_size()
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed in a header")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

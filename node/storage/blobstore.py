@@ -22,7 +22,6 @@ The shard function is IPFS flatfs' ``next-to-last/2``, which spreads base32 CIDs
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cid import Cid
+from ..fsutil import fsync_dir
 from .abc import BlobStoreAPI
 from .errors import BlobNotFoundError, BlobTooLargeError, CorruptBlobError
 
@@ -118,7 +118,7 @@ class BlobStore(BlobStoreAPI):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return cid
 
     # -- reading -----------------------------------------------------------------------------
@@ -272,15 +272,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; some file systems refuse to fsync directories.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
