@@ -10,6 +10,12 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   (the middle of the low and high watermarks, 150 by default), whatever ``min_connections`` says;
   flnode's connector decides whom to dial, so :func:`disable_auto_connector` switches it off for one
   host.
+* **Lost subscriptions**: when one of two simultaneous connections to a peer dies, ``Pubsub``
+  forgets *all* of that peer's topic subscriptions, although the peer is still connected over the
+  other connection and will not announce them again; from then on we never send it anything on
+  those topics (seen in tests as a peer that waits forever for a subscriber). Subscriptions are
+  idempotent, so :func:`reannounce_subscriptions` re-sends ours to every peer, and the service
+  calls it every few seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +41,20 @@ def disable_auto_connector(host: object) -> None:
 
     network = host.get_network()  # type: ignore[attr-defined]
     network.auto_connector.maybe_connect = _never
+
+
+async def reannounce_subscriptions(pubsub: object) -> None:
+    """Send one RPC listing every topic we subscribe to, to every peer (see the docstring)."""
+    from libp2p.pubsub.pb import rpc_pb2
+
+    topics = list(pubsub.topic_ids)  # type: ignore[attr-defined]
+    if not topics:
+        return
+    packet = rpc_pb2.RPC()
+    packet.subscriptions.extend(
+        [rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic) for topic in topics]
+    )
+    await pubsub.message_all_peers(packet.SerializeToString())  # type: ignore[attr-defined]
 
 
 def apply() -> None:

@@ -57,6 +57,7 @@ _DIAL_TIMEOUT_S = 5.0
 _CONNECTOR_TICK_S = 0.25
 _MAX_PX_ADDRS = 64
 _VALIDATED_CACHE = 8192
+_REANNOUNCE_S = 2.0
 
 log = get_logger("flnode.p2p")
 
@@ -294,6 +295,7 @@ class P2PService(Service):
                     nursery.start_soon(self._handle_peer_exchange, px)
                     nursery.start_soon(self._connector)
                     nursery.start_soon(self._announce_peers)
+                    nursery.start_soon(self._reannounce_subscriptions)
                     log.info("p2p listening", addrs=self.addrs, bootstrap=len(self._known))
                     self._ready.set()
                     task_status.started()
@@ -515,6 +517,16 @@ class P2PService(Service):
                 await self.publish(PEERS_TOPIC, PeerExchange(tuple(addrs)))
             except Exception as exc:  # never let discovery kill the service
                 log.debug("peer exchange publish failed", error=repr(exc))
+
+    async def _reannounce_subscriptions(self) -> None:
+        """Work around libp2p forgetting a live peer's view of our topics (_libp2p_fixes)."""
+        while True:
+            await trio.sleep(_REANNOUNCE_S)
+            if self.pubsub is not None and self._connected:
+                try:
+                    await _libp2p_fixes.reannounce_subscriptions(self.pubsub)
+                except Exception as exc:  # never let this kill the service
+                    log.debug("re-announcing subscriptions failed", error=repr(exc))
 
     def _watch_mdns(self, token: trio.lowlevel.TrioToken) -> Callable[[PeerInfo], None]:
         from libp2p.discovery.events.peerDiscovery import peerDiscovery
