@@ -32,7 +32,15 @@ class Daemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*self.exe, "start", "--datadir", str(self.datadir), "--log-format", "json", *self.args],
+            [
+                *self.exe,
+                "start",
+                "--datadir",
+                str(self.datadir),
+                "--log-format",
+                "json",
+                *self.args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -53,8 +61,11 @@ class Daemon:
 
     def events(self, name: str, pid: int | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return [r for r in self.records
-                    if r.get("event") == name and (pid is None or r["_pid"] == pid)]
+            return [
+                r
+                for r in self.records
+                if r.get("event") == name and (pid is None or r["_pid"] == pid)
+            ]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -101,8 +112,7 @@ class Daemon:
 
 
 def init_datadir(exe: list[str], path: Path, env: dict[str, str]) -> Path:
-    subprocess.run([*exe, "init", "--datadir", str(path)], check=True, env=env,
-                   capture_output=True)
+    subprocess.run([*exe, "init", "--datadir", str(path)], check=True, env=env, capture_output=True)
     return path
 
 

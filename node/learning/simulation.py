@@ -30,7 +30,13 @@ import torch
 from torch import Tensor
 
 from ..cid import Cid
-from .aggregation import Strategy, Update, strategy_from_spec
+from .aggregation import (
+    AggregationError,
+    AggregationResult,
+    Strategy,
+    Update,
+    strategy_from_spec,
+)
 from .attacks import flip_labels, free_ride, gaussian_noise, scale_update, sign_flip
 from .bounding import Bounding, get_bounding
 from .datasets import labels_to_tensor, load_dataset, to_tensor
@@ -507,7 +513,18 @@ def run_simulation(
             updates.append(Update(cid, f"device-{i}", checked, len(device_labels[i])))
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = strategy.aggregate(updates)
+        try:
+            result = strategy.aggregate(updates)
+        except AggregationError:
+            # Too few distinct updates for the rule (e.g. Multi-Krum with n <= 2f + 2 after
+            # duplicates were dropped): the round carries the old model forward.
+            result = AggregationResult(
+                weights=global_head,
+                scores={},
+                accepted=(),
+                rejected=tuple(u.cid for u in updates),
+                rule=strategy.name,
+            )
         aggregate_s = time.perf_counter() - t0
         global_head = {k: v.clone() for k, v in result.weights.items()}
         final_cid = str(Cid.from_data(weights_to_bytes(global_head)))

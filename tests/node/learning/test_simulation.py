@@ -99,3 +99,22 @@ def test_rehead_changes_only_the_norm_and_shares_the_extractor(prepared: Prepare
     assert result.final.clean > 0.5
     with pytest.raises(ValueError, match="only change the norm"):
         rehead(prepared, dataclasses.replace(BASE, epsilon=1.0))
+
+
+def test_round_with_too_few_distinct_updates_carries_the_model_forward(prepared: Prepared) -> None:
+    """Two free riders submit identical bytes: the copy is dropped, and Multi-Krum with f = 1
+    cannot aggregate the 4 distinct updates left (it needs more than 2f + 2), so the round keeps
+    the previous global model instead of failing."""
+    cfg = dataclasses.replace(
+        BASE,
+        attack="free-ride",
+        attack_fraction=0.4,
+        rounds=1,
+        strategy="multikrum",
+        strategy_params={"f": 1},
+    )
+    result = run_simulation(cfg, prepared=prepared)
+    record = result.rounds[0]
+    assert record.accepted == 0
+    assert record.rejected == 5
+    assert record.accuracy.clean == pytest.approx(result.public_only.clean, abs=0.002)
