@@ -94,7 +94,10 @@ def robustness_table(data: dict[str, Any]) -> str:
     for attack in dict.fromkeys(r["attack"] for r in records):
         cells = []
         for rule in rules:
-            r = next(x for x in records if x["attack"] == attack and x["rule"] == rule)
+            r = next((x for x in records if x["attack"] == attack and x["rule"] == rule), None)
+            if r is None:
+                cells.append("–")
+                continue
             rejected = (
                 f", {r['attackers_rejected_last_round']}/{r['attackers']} out"
                 if r["attackers"]
