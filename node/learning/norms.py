@@ -84,7 +84,26 @@ def default_groups(d: int) -> int:
     return 2 if d >= 4 and d % 2 == 0 else 1
 
 
-class ClampBatchNorm1d(nn.BatchNorm1d):
+class _Clamp(nn.Module):
+    """Clamps inputs to ``[lo − c, hi + c]`` before the normalisation it is mixed into."""
+
+    clamp_lo: float
+    clamp_hi: float
+
+    def _set_clamp(self, coord_range: tuple[float, float], noise_scale: float | None) -> None:
+        lo, hi = _check_range(coord_range)
+        c = clamp_margin((lo, hi), noise_scale)
+        self.clamp_lo = lo - c
+        self.clamp_hi = hi + c
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.clamp(self.clamp_lo, self.clamp_hi))  # type: ignore[misc]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, clamp=[{self.clamp_lo}, {self.clamp_hi}]"
+
+
+class ClampBatchNorm1d(_Clamp, nn.BatchNorm1d):
     """Clamp noisy coordinates back to ``[lo − c, hi + c]``, then BatchNorm (``"clampbn"``).
 
     A subclass of :class:`~torch.nn.BatchNorm1d`, so its state-dict keys (weight, bias, running
@@ -97,19 +116,10 @@ class ClampBatchNorm1d(nn.BatchNorm1d):
         self, d: int, coord_range: tuple[float, float], noise_scale: float | None = None
     ) -> None:
         super().__init__(d)
-        lo, hi = _check_range(coord_range)
-        c = clamp_margin((lo, hi), noise_scale)
-        self.clamp_lo = lo - c
-        self.clamp_hi = hi + c
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.clamp(self.clamp_lo, self.clamp_hi))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, clamp=[{self.clamp_lo}, {self.clamp_hi}]"
+        self._set_clamp(coord_range, noise_scale)
 
 
-class ClampLayerNorm(nn.LayerNorm):
+class ClampLayerNorm(_Clamp, nn.LayerNorm):
     """Clamp noisy coordinates back to ``[lo − c, hi + c]``, then LayerNorm (``"clampln"``).
 
     Per-sample statistics only: no running stats to average across devices (learning.md P4) and
@@ -120,16 +130,7 @@ class ClampLayerNorm(nn.LayerNorm):
         self, d: int, coord_range: tuple[float, float], noise_scale: float | None = None
     ) -> None:
         super().__init__(d)
-        lo, hi = _check_range(coord_range)
-        c = clamp_margin((lo, hi), noise_scale)
-        self.clamp_lo = lo - c
-        self.clamp_hi = hi + c
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.clamp(self.clamp_lo, self.clamp_hi))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, clamp=[{self.clamp_lo}, {self.clamp_hi}]"
+        self._set_clamp(coord_range, noise_scale)
 
 
 @dataclass(frozen=True, slots=True)
