@@ -166,17 +166,31 @@ def _check_clip(c: float) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class ClipL1(Bounding):
+class _Clip(Bounding):
+    """Shared by the clipping boundings: the clip norm ``c`` bounds every coordinate too."""
+
+    c: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_clip(self.c)
+
+    @property
+    def coord_range(self) -> tuple[float, float]:
+        return (-float(self.c), float(self.c))
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}(c={float(self.c)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ClipL1(_Clip):
     """Scale ``z`` down to L1 norm ``c`` if it is longer; shorter vectors pass unchanged.
 
     Unlike normalisation it keeps the magnitude of small vectors, at the price of a tuning knob.
     """
 
-    c: float = 1.0
     name: ClassVar[str] = "clip-l1"
-
-    def __post_init__(self) -> None:
-        _check_clip(self.c)
 
     def _apply(self, z: Tensor) -> Tensor:
         norm = z.abs().sum(dim=1, keepdim=True)
@@ -190,24 +204,12 @@ class ClipL1(Bounding):
         _check_dim(d)
         return 2.0 * self.c  # ‖x‖₂ ≤ ‖x‖₁ ≤ c
 
-    @property
-    def coord_range(self) -> tuple[float, float]:
-        return (-float(self.c), float(self.c))
-
-    @property
-    def spec(self) -> str:
-        return f"{self.name}(c={float(self.c)!r})"
-
 
 @dataclass(frozen=True, slots=True)
-class ClipL2(Bounding):
+class ClipL2(_Clip):
     """Scale ``z`` down to L2 norm ``c`` if it is longer (the DP-SGD per-example clip, on features)."""
 
-    c: float = 1.0
     name: ClassVar[str] = "clip-l2"
-
-    def __post_init__(self) -> None:
-        _check_clip(self.c)
 
     def _apply(self, z: Tensor) -> Tensor:
         norm = torch.linalg.vector_norm(z, ord=2, dim=1, keepdim=True)
@@ -220,14 +222,6 @@ class ClipL2(Bounding):
     def l2_sensitivity(self, d: int) -> float:
         _check_dim(d)
         return 2.0 * self.c
-
-    @property
-    def coord_range(self) -> tuple[float, float]:
-        return (-float(self.c), float(self.c))
-
-    @property
-    def spec(self) -> str:
-        return f"{self.name}(c={float(self.c)!r})"
 
 
 @dataclass(frozen=True, slots=True)

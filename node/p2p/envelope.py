@@ -172,9 +172,8 @@ class Envelope:
         """The sender's peer ID in base58 (``16Uiu2...``)."""
         return sender_peer_id(self.sender)
 
-    def signed_bytes(self) -> bytes:
-        """The bytes the signature covers."""
-        return _signed_bytes(
+    def _fields(self) -> tuple[int, str, str, bytes, int, int, bytes]:
+        return (
             self.version,
             self.type,
             self.network_id,
@@ -184,20 +183,13 @@ class Envelope:
             self.payload,
         )
 
+    def signed_bytes(self) -> bytes:
+        """The bytes the signature covers."""
+        return _signed_bytes(*self._fields())
+
     def to_bytes(self) -> bytes:
         """The wire form: the very bytes this envelope was decoded from."""
-        return cbor_encode(
-            [
-                self.version,
-                self.type,
-                self.network_id,
-                self.sender,
-                self.seq,
-                self.timestamp_ms,
-                self.payload,
-                self.signature,
-            ]
-        )
+        return cbor_encode([*self._fields(), self.signature])
 
 
 def _signed_bytes(
