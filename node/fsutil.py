@@ -26,10 +26,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably, creating parent directories."""
+def write_file_atomically(
+    path: Path,
+    data: bytes | bytearray | memoryview,
+    *,
+    mode: int = 0o644,
+    tmp: Path | None = None,
+) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, creating parent directories.
+
+    ``tmp`` names the temporary file (it must be on the same file system); by default it is a
+    hidden file next to ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    if tmp is None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb", closefd=True) as f:

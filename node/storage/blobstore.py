@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cid import Cid
-from ..fsutil import fsync_dir
+from ..fsutil import write_file_atomically
 from .abc import BlobStoreAPI
 from .errors import BlobNotFoundError, BlobTooLargeError, CorruptBlobError
 
@@ -106,19 +106,10 @@ class BlobStore(BlobStoreAPI):
         final = self._path(cid)
         if final.exists():
             return cid
-        final.parent.mkdir(exist_ok=True)
+        # The temp file lives in tmp/ and names its writer's pid, so that the orphans of a killed
+        # writer can be recognised and removed when a store is opened.
         tmp = self._tmp / f"{os.getpid()}.{uuid.uuid4().hex}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "wb", closefd=True) as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(final.parent)
+        write_file_atomically(final, data, tmp=tmp)
         return cid
 
     # -- reading -----------------------------------------------------------------------------
