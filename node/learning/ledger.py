@@ -7,12 +7,12 @@ ledger refuses a release that would exceed the budget *before* recording it, so 
 leaves no trace and the caller must not release anything.
 
 Composition
-    Basic (sequential) composition: the total is (Σε, Σδ) over all entries. It holds for any mix
-    of ε-DP and (ε, δ)-DP mechanisms, and it charges every release against every sample, which is
-    conservative: releases over disjoint sample sets would compose in parallel (max instead of
-    sum), but that needs per-sample bookkeeping the ledger does not do. Basic composition is loose
-    for many Gaussian releases; issue 5 will add Rényi-DP composition for Gaussian noise and DP-SGD,
-    at which point the entries will also carry the noise multiplier and sampling rate it needs.
+    :func:`.accountant.compose`: the smaller of basic composition (Σε, Σδ) and Rényi-DP composition
+    of every entry that carries a privacy curve (Laplace and Gaussian feature releases, DP-SGD
+    steps), converted at the budget's δ. Entries without a curve (e.g. from a version-1 ledger)
+    are added by basic composition. Every release is charged against every sample, which is
+    conservative: releases over disjoint sample sets would compose in parallel, but that needs
+    per-sample bookkeeping the ledger does not do.
 
 Persistence
     The ledger is a JSON file rewritten atomically on every charge (temp file, fsync, rename,
@@ -33,21 +33,23 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from ..errors import FLNodeError
 from ..fsutil import write_file_atomically
 from ..strictjson import loads_strict
+from .accountant import Charge, Composition, Curve, EpsDelta, compose, curve_from_dict
 
 FORMAT = "flnode-privacy-ledger"
-FORMAT_VERSION = 1
-COMPOSITION = "basic"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+COMPOSITION = "rdp+basic"
+"""Version 1 ledgers (basic composition, no curves) are read and rewritten as version 2."""
 
 ReleaseKind = Literal["features", "dp-sgd"]
-"""What a ledger entry released: noisy feature vectors, or (issue 5) a DP-SGD-trained update."""
+"""What a ledger entry released: noisy feature vectors, or DP-SGD steps on raw samples."""
 
 
 class LedgerError(FLNodeError):
@@ -68,36 +70,6 @@ class CorruptLedgerError(LedgerError):
             "starting from an empty ledger would forget privacy already spent. Restore it from a "
             "backup or repair it by hand"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class EpsDelta:
-    """An (ε, δ) pair: a budget, an amount spent, a cost, or what remains."""
-
-    epsilon: float
-    delta: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("epsilon", "delta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number. Got: {value!r}")
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and non-negative. Got: {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.delta >= 1:
-            raise ValueError(f"delta must be below 1. Got: {self.delta!r}")
-
-    @classmethod
-    def of(cls, value: EpsDelta | tuple[float, float]) -> EpsDelta:
-        """Accept an :class:`EpsDelta` or an ``(epsilon, delta)`` tuple."""
-        if isinstance(value, EpsDelta):
-            return value
-        epsilon, delta = value
-        return cls(epsilon, delta)
-
-    def __str__(self) -> str:
-        return f"ε={self.epsilon:g}, δ={self.delta:g}"
 
 
 class PrivacyBudgetExceeded(LedgerError):
@@ -134,6 +106,8 @@ class LedgerEntry:
     n_samples: int
     timestamp: float
     note: str = ""
+    curve: dict[str, Any] | None = None
+    """The release's privacy curve (:meth:`.accountant.Curve.to_dict`); ``None`` = (ε, δ) only."""
 
     def __post_init__(self) -> None:
         for name in ("release_id", "mechanism", "extractor_version"):
@@ -156,20 +130,28 @@ class LedgerEntry:
         object.__setattr__(self, "timestamp", float(self.timestamp))
         if not isinstance(self.note, str):
             raise ValueError(f"note must be a string. Got: {self.note!r}")
+        if self.curve is not None:
+            object.__setattr__(self, "curve", curve_from_dict(self.curve).to_dict())
 
     @property
     def cost(self) -> EpsDelta:
         return EpsDelta(self.epsilon, self.delta)
 
-
-def _sums(costs: Iterable[EpsDelta]) -> tuple[float, float]:
-    costs = list(costs)
-    # fsum is correctly rounded, so ten charges of 0.1 add up to exactly 1.0.
-    return math.fsum(c.epsilon for c in costs), math.fsum(c.delta for c in costs)
+    @property
+    def charge(self) -> Charge:
+        """This entry as :func:`.accountant.compose` takes it."""
+        return Charge(self.cost, None if self.curve is None else curve_from_dict(self.curve))
 
 
 def _remaining(spent: EpsDelta, budget: EpsDelta) -> EpsDelta:
     return EpsDelta(max(0.0, budget.epsilon - spent.epsilon), max(0.0, budget.delta - spent.delta))
+
+
+def _within(total: Composition, budget: EpsDelta) -> bool:
+    # A tiny relative slack absorbs float rounding of the RDP conversion (a calibrated run is
+    # meant to end exactly at the budget); basic sums are exact (fsum), so they get none.
+    slack = 1e-9 * budget.epsilon if total.rule == "rdp" else 0.0
+    return total.spent.epsilon <= budget.epsilon + slack and total.spent.delta <= budget.delta
 
 
 class PrivacyLedger:
@@ -260,8 +242,13 @@ class PrivacyLedger:
 
     @property
     def composition(self) -> str:
-        """How entries add up: ``"basic"`` (Σε, Σδ)."""
+        """How entries add up: ``"rdp+basic"`` (see :func:`.accountant.compose`)."""
         return COMPOSITION
+
+    def account(self) -> Composition:
+        """The composed total with the rule that gave it (basic or Rényi)."""
+        with self._lock:
+            return compose((e.charge for e in self._entries), self._budget.delta)
 
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
@@ -275,24 +262,24 @@ class PrivacyLedger:
             return next((e for e in self._entries if e.release_id == release_id), None)
 
     def spent(self) -> EpsDelta:
-        """(Σε, Σδ) over all entries."""
-        with self._lock:
-            return EpsDelta(*_sums(e.cost for e in self._entries))
+        """The composed (ε, δ) of all entries, per sample (:func:`.accountant.compose`)."""
+        return self.account().spent
 
     def remaining(self) -> EpsDelta:
         """What is left of the budget (never negative)."""
         return _remaining(self.spent(), self._budget)
 
-    def can_spend(self, epsilon: float, delta: float = 0.0) -> bool:
-        """Whether a release costing (ε, δ) per sample fits in the remaining budget."""
-        cost = EpsDelta(epsilon, delta)
-        with self._lock:
-            return self._fits(cost)
+    def can_spend(self, epsilon: float, delta: float = 0.0, curve: Curve | None = None) -> bool:
+        """Whether a release costing (ε, δ) per sample (with ``curve``, if known) fits."""
+        return self._fits(Charge(EpsDelta(epsilon, delta), curve))
 
-    def _fits(self, cost: EpsDelta) -> bool:
-        # Sum all costs at once (not spent + cost) so rounding is the same as for spent().
-        epsilon, delta = _sums([*(e.cost for e in self._entries), cost])
-        return epsilon <= self._budget.epsilon and delta <= self._budget.delta
+    def would_spend(self, charge: Charge) -> Composition:
+        """The composed total if ``charge`` were recorded now (nothing is recorded)."""
+        with self._lock:
+            return compose([*(e.charge for e in self._entries), charge], self._budget.delta)
+
+    def _fits(self, charge: Charge) -> bool:
+        return _within(self.would_spend(charge), self._budget)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -308,6 +295,7 @@ class PrivacyLedger:
         release_id: str | None = None,
         note: str = "",
         timestamp: float | None = None,
+        curve: Curve | None = None,
     ) -> LedgerEntry:
         """Record a release costing (ε, δ) per sample, or raise before recording anything.
 
@@ -326,9 +314,10 @@ class PrivacyLedger:
             n_samples=n_samples,
             timestamp=time.time() if timestamp is None else timestamp,
             note=note,
+            curve=None if curve is None else curve.to_dict(),
         )
         with self._lock:
-            if not self._fits(entry.cost):
+            if not self._fits(entry.charge):
                 raise PrivacyBudgetExceeded(self.task_id, entry.cost, self.spent(), self._budget)
             if self.entry(entry.release_id) is not None:
                 raise LedgerError(f"release id {entry.release_id!r} is already in the ledger")
@@ -372,9 +361,10 @@ def _decode(raw: bytes, path: Path) -> PrivacyLedger:
         raise CorruptLedgerError(path, "the top level is not an object")
     if doc.get("format") != FORMAT:
         raise CorruptLedgerError(path, f"format is {doc.get('format')!r}, not {FORMAT!r}")
-    if doc.get("version") != FORMAT_VERSION:
-        raise CorruptLedgerError(path, f"unsupported version {doc.get('version')!r}")
-    if doc.get("composition") != COMPOSITION:
+    version = doc.get("version")
+    if version not in READABLE_VERSIONS:
+        raise CorruptLedgerError(path, f"unsupported version {version!r}")
+    if doc.get("composition") != ("basic" if version == 1 else COMPOSITION):
         raise CorruptLedgerError(path, f"unknown composition {doc.get('composition')!r}")
     try:
         budget = doc["budget"]
@@ -405,8 +395,9 @@ def _decode(raw: bytes, path: Path) -> PrivacyLedger:
     ids = [e.release_id for e in entries]
     if len(set(ids)) != len(ids):
         raise CorruptLedgerError(path, "a release id appears twice")
-    epsilon, delta = _sums(e.cost for e in entries)
-    if epsilon > ledger.budget.epsilon or delta > ledger.budget.delta:
+    total = ledger.account()
+    epsilon, delta = total.spent.epsilon, total.spent.delta
+    if not _within(total, ledger.budget):
         # charge() never records past the budget, so this file was edited or mixed up.
         raise CorruptLedgerError(
             path,

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ..errors import FLNodeError
 from ..fsutil import write_file_atomically
+from .accountant import Curve, GaussianCurve, LaplaceCurve
 from .bounding import Bounding, get_bounding
 from .ledger import EpsDelta, PrivacyBudgetExceeded, PrivacyLedger
 from .mechanisms import GaussianMechanism, LaplaceMechanism, Mechanism, noise_generator
@@ -200,6 +201,14 @@ class FeatureRelease:
         return EpsDelta(self.mechanism.epsilon, self.mechanism.delta)
 
     @property
+    def curve(self) -> Curve:
+        """The release's privacy curve, so the ledger can compose it in Rényi DP."""
+        m = self.mechanism
+        if isinstance(m, GaussianMechanism):
+            return GaussianCurve(m.sigma / m.l2_sensitivity)
+        return LaplaceCurve(m.epsilon)
+
+    @property
     def mechanism_label(self) -> str:
         """The mechanism name recorded in the ledger, e.g. ``"laplace+minmax"``."""
         return f"{self.mechanism.name}+{self.bounding.spec}"
@@ -346,7 +355,7 @@ class NoisyFeatureCache:
         generator: torch.Generator | None,
     ) -> tuple[Tensor, str]:
         cost = release.cost
-        if not ledger.can_spend(cost.epsilon, cost.delta):
+        if not ledger.can_spend(cost.epsilon, cost.delta, release.curve):
             raise PrivacyBudgetExceeded(ledger.task_id, cost, ledger.spent(), ledger.budget)
         bounded = release.bound(features_fn())
         entry = ledger.charge(
@@ -357,6 +366,7 @@ class NoisyFeatureCache:
             extractor_version=key.extractor_version,
             n_samples=int(bounded.shape[0]),
             note=f"{release.label}; dataset {key.dataset_key}",
+            curve=release.curve,
         )
         g = noise_generator(None) if generator is None else generator
         noisy = release.mechanism.release(bounded, g).contiguous()

@@ -49,7 +49,8 @@ def test_basic_composition_arithmetic() -> None:
     assert ledger.can_spend(6.0, 6e-6)
     assert not ledger.can_spend(6.0001)
     assert not ledger.can_spend(1.0, 7e-6)
-    assert ledger.composition == "basic"
+    assert ledger.composition == "rdp+basic"
+    assert ledger.account().rule == "basic"  # no entry has a curve
     assert [e.kind for e in ledger.entries] == ["features", "dp-sgd"]
 
 
@@ -121,7 +122,7 @@ def test_persistence_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["ledger.json"]  # no temp files left
 
     doc = json.loads(path.read_text())
-    assert doc["format"] == "flnode-privacy-ledger" and doc["version"] == 1
+    assert doc["format"] == "flnode-privacy-ledger" and doc["version"] == 2
     assert doc["budget"] == {"epsilon": 5.0, "delta": 1e-5}
     assert doc["entries"][0]["epsilon"] == 1.25 and doc["entries"][0]["timestamp"] == 1000.5
 
@@ -175,7 +176,7 @@ def _corrupt(doc: dict[str, Any], change: str) -> bytes:
     elif change == "wrong format":
         doc["format"] = "something-else"
     elif change == "future version":
-        doc["version"] = 2
+        doc["version"] = 3
     elif change == "entries not a list":
         doc["entries"] = {"a": entry}
     elif change == "budget missing":
