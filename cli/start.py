@@ -62,6 +62,18 @@ def _parse_roles(
 @click.option("--mdns/--no-mdns", default=None, help="Discover peers on the LAN with mDNS.")
 @click.option("--network-id", default=None, help="Network name (default: node.network_id).")
 @click.option(
+    "--api-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Control-API port on api.listen_host (0 = any free port; default: api.port).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Prometheus metrics port (0 = any free port; default: metrics.port).",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -77,6 +89,8 @@ def start_command(
     bootstrap: tuple[str, ...],
     mdns: bool | None,
     network_id: str | None,
+    api_port: int | None,
+    metrics_port: int | None,
     config_file: Path | None,
 ) -> None:
     """Run the node daemon in the foreground.
@@ -105,6 +119,8 @@ def start_command(
             "p2p.listen": listen or None,
             "p2p.bootstrap": bootstrap or None,
             "p2p.mdns": mdns,
+            "api.port": api_port,
+            "metrics.port": metrics_port,
         },
     )
     configure_logging(config.log.level, config.log.format)

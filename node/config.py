@@ -10,6 +10,7 @@ node that refuses to start.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -140,6 +148,63 @@ class P2PSection(_Section):
         return addrs
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _ListenSection(_Section):
+    """A local TCP listener that stays on loopback unless ``allow_remote`` says otherwise."""
+
+    listen_host: str = Field(
+        "127.0.0.1", description="Address to listen on; loopback unless allow_remote is true."
+    )
+    port: int = Field(0, ge=0, le=65535, description="TCP port (0 = any free port, see node.json).")
+    allow_remote: bool = Field(
+        False, description="Allow a listen_host other than loopback (logs a warning when used)."
+    )
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> _ListenSection:
+        if not self.allow_remote and not _is_loopback(self.listen_host):
+            raise ValueError(
+                f"listen_host {self.listen_host!r} is not a loopback address; "
+                "set allow_remote = true to expose it to other machines"
+            )
+        return self
+
+
+class ApiSection(_ListenSection):
+    """[api]: the websocket JSON-RPC control API (token in <datadir>/api.token)."""
+
+    enabled: bool = Field(True, description="Serve the control API.")
+    max_frame_bytes: int = Field(
+        2**20, ge=1024, le=2**28, description="Largest request frame answered (bytes)."
+    )
+    max_connections: int = Field(64, ge=1, le=10_000, description="Most API connections at once.")
+    max_inflight: int = Field(
+        64, ge=1, le=10_000, description="Requests one connection may have running at once."
+    )
+    max_batch: int = Field(100, ge=1, le=10_000, description="Most requests in one batch.")
+    max_subscriptions: int = Field(
+        32, ge=1, le=1_000, description="Event subscriptions per connection."
+    )
+    event_queue: int = Field(
+        256, ge=1, description="Events queued per subscription before they are dropped."
+    )
+    call_timeout_s: float = Field(30.0, gt=0, description="Longest one call may run.")
+
+
+class MetricsSection(_ListenSection):
+    """[metrics]: Prometheus text-format metrics over HTTP (GET /metrics)."""
+
+    enabled: bool = Field(True, description="Serve Prometheus metrics.")
+
+
 class NodeConfig(_Section):
     """The whole configuration of one node."""
 
@@ -147,6 +212,8 @@ class NodeConfig(_Section):
     log: LogSection = LogSection()
     storage: StorageSection = StorageSection()
     p2p: P2PSection = P2PSection()
+    api: ApiSection = ApiSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 def load_config(
@@ -245,7 +312,11 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], sources: Mapping[
         if len(loc) == 1:
             return f"unknown config section [{loc[0]}] (from {source})"
         return f"unknown setting {dotted} (from {source})"
-    value = merged.get(loc[0], {}).get(loc[1]) if len(loc) > 1 else None
+    if len(loc) == 1:  # a check across several keys of one section
+        named = sorted({src for key, src in sources.items() if key.startswith(f"{loc[0]}.")})
+        origin = ", ".join(named) or "defaults"
+        return f"invalid [{loc[0]}] settings (from {origin}): {err['msg'].removeprefix('Value error, ')}"
+    value = merged.get(loc[0], {}).get(loc[1])
     return f"invalid setting {dotted} = {value!r} (from {source}): {err['msg']}"
 
 

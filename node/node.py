@@ -20,7 +20,9 @@ import trio
 from . import __version__
 from .cid import Cid
 from .config import NodeConfig
+from .controlplane import control_plane_services, peer_event_publisher
 from .datadir import DataDir
+from .events import EventBus
 from .identity import NodeIdentity
 from .log import get_logger
 from .p2p.service import P2PService
@@ -45,8 +47,19 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
         except (BlobNotFoundError, CorruptBlobError):
             return None
 
-    p2p = P2PService(identity, config.p2p, config.node.network_id, blob_source)
-    return [LoopMonitor(), blobs, p2p]
+    bus = EventBus()
+    p2p = P2PService(
+        identity,
+        config.p2p,
+        config.node.network_id,
+        blob_source,
+        on_peer_event=peer_event_publisher(bus),
+    )
+    monitor = LoopMonitor()
+    control = control_plane_services(
+        config, datadir, identity, bus=bus, monitor=monitor, blobs=blobs, p2p=p2p
+    )
+    return [monitor, blobs, p2p, *control]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,244 @@
+"""A trio client for the control API, used by ``flnode console``, the devnet and the tests.
+
+``ApiEndpoint.from_datadir(D)`` finds a running node's URL (``<D>/node.json``) and token
+(``<D>/api.token``). ``ApiClient.open(endpoint)`` connects, authenticates with an ``auth`` call
+(the token stays out of URLs and proxy logs), and runs a reader task that matches replies to calls
+by ``id`` and routes subscription notifications to their :class:`ClientSubscription`, so several
+calls may be in flight at once from different tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from ..datadir import DataDir
+from ..errors import FLNodeError
+from ..rpc import RpcError
+
+DEFAULT_TIMEOUT_S = 30.0
+MAX_MESSAGE = 64 * 2**20
+
+
+class ApiConnectionError(FLNodeError):
+    """The API could not be reached, refused the connection, or the connection dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiEndpoint:
+    """Where a node's API is and the token it wants."""
+
+    url: str
+    token: str | None
+
+    @classmethod
+    def from_datadir(cls, path: str | Path) -> ApiEndpoint:
+        datadir = DataDir(Path(path))
+        try:
+            state = json.loads(datadir.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ApiConnectionError(
+                f"no node is running with data dir {datadir.path} ({datadir.state_file} is "
+                f"missing); start one with `flnode start --datadir {datadir.path}`"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ApiConnectionError(f"cannot read {datadir.state_file}: {exc}") from None
+        url = state.get("api_url")
+        if not url:
+            raise ApiConnectionError(
+                f"the node with data dir {datadir.path} does not serve the API (api.enabled)"
+            )
+        try:
+            token = datadir.read_token()
+        except OSError as exc:
+            raise ApiConnectionError(f"cannot read the API token: {exc}") from None
+        return cls(url, token)
+
+
+class ClientSubscription:
+    """Events of one subscription; iterate it (``async for event in sub``)."""
+
+    def __init__(self, client: ApiClient, sid: str, receive: trio.MemoryReceiveChannel[dict]):
+        self.client = client
+        self.id = sid
+        self.events: list[str] = []
+        self._receive = receive
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._receive.__aiter__()
+
+    async def next(self, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            return await self._receive.receive()
+
+    async def close(self) -> None:
+        await self.client.unsubscribe(self)
+
+
+class ApiClient:
+    """An open, authenticated API connection. Use :meth:`open`."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[trio.Event, list[dict[str, Any]]]] = {}
+        self._subs: dict[str, tuple[trio.MemorySendChannel[dict], trio.MemoryReceiveChannel[dict]]]
+        self._subs = {}
+        self._closed: str | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        endpoint: ApiEndpoint,
+        *,
+        token_in_url: bool = False,
+        connect_timeout: float = 10.0,
+    ) -> AsyncIterator[ApiClient]:
+        url = endpoint.url
+        if token_in_url and endpoint.token is not None:
+            url = f"{url}{'&' if '?' in url else '?'}token={endpoint.token}"
+        connected = False
+        try:
+            async with open_websocket_url(
+                url,
+                max_message_size=MAX_MESSAGE,
+                receive_buffer_size=2**18,
+                connect_timeout=connect_timeout,
+            ) as ws:
+                connected = True
+                async with trio.open_nursery() as nursery:
+                    client = cls(ws)
+                    nursery.start_soon(client._reader)
+                    try:
+                        if endpoint.token is not None and not token_in_url:
+                            await client.call("auth", {"token": endpoint.token})
+                        yield client
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except (OSError, HandshakeError) as exc:
+            if connected:
+                raise
+            raise ApiConnectionError(
+                f"cannot connect to the API at {endpoint.url}: {_reason(exc)}; is the node running?"
+            ) from None
+
+    async def call(
+        self, method: str, params: dict[str, Any] | list[Any] | None = None, *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> Any:  # fmt: skip
+        """Call ``method``; return its result or raise :class:`~flnode.rpc.RpcError`."""
+        request_id = next(self._ids)
+        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            request["params"] = params
+        reply = await self.send_raw(json.dumps(request), request_id, timeout=timeout)
+        if "error" in reply:
+            err = reply["error"]
+            raise RpcError(int(err.get("code", 0)), str(err.get("message")), err.get("data"))
+        return reply.get("result")
+
+    async def send_raw(
+        self, frame: str | bytes, request_id: int, *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Send a frame and wait for the reply whose id is ``request_id`` (for odd requests)."""
+        if self._closed is not None:
+            raise ApiConnectionError(self._closed)
+        done = trio.Event()
+        slot: list[dict[str, Any]] = []
+        self._pending[request_id] = (done, slot)
+        try:
+            await self.ws.send_message(frame)
+            with trio.fail_after(timeout):
+                await done.wait()
+        except ConnectionClosed as exc:
+            raise ApiConnectionError(f"the API connection closed: {exc.reason}") from None
+        except trio.TooSlowError:
+            raise ApiConnectionError(f"no reply within {timeout} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if not slot:
+            raise ApiConnectionError(self._closed or "the API connection closed")
+        return slot[0]
+
+    async def subscribe(self, *events: str) -> ClientSubscription:
+        result = await self.call("subscribe", {"events": list(events)})
+        sid = result["subscription"]
+        _, receive = self._channel(sid)
+        sub = ClientSubscription(self, sid, receive)
+        sub.events = result["events"]
+        return sub
+
+    async def unsubscribe(self, sub: ClientSubscription) -> None:
+        await self.call("unsubscribe", {"subscription": sub.id})
+        send, _ = self._subs.pop(sub.id, (None, None))
+        if send is not None:
+            send.close()
+
+    def _channel(
+        self, sid: str
+    ) -> tuple[trio.MemorySendChannel[dict], trio.MemoryReceiveChannel[dict]]:
+        # Created on first use by either side: a notification may arrive before the reply
+        # to subscribe has been handed to the caller.
+        if sid not in self._subs:
+            self._subs[sid] = trio.open_memory_channel[dict](1024)
+        return self._subs[sid]
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                frame = await self.ws.get_message()
+                try:
+                    message = json.loads(frame)
+                except ValueError:
+                    continue
+                self._route(message)
+        except ConnectionClosed as exc:
+            self._closed = f"the API connection closed: {exc.reason}"
+        finally:
+            for done, _ in self._pending.values():
+                done.set()
+            for send, _ in self._subs.values():
+                send.close()
+
+    def _route(self, message: Any) -> None:
+        if isinstance(message, list):
+            for item in message:
+                self._route(item)
+            return
+        if not isinstance(message, dict):
+            return
+        if message.get("method") == "subscription":
+            params = message.get("params") or {}
+            send, _ = self._channel(str(params.get("subscription")))
+            with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                send.send_nowait(params)
+            return
+        pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        if pending is not None:
+            pending[1].append(message)
+            pending[0].set()
+        elif message.get("id") is None and "error" in message:
+            # An error the server could not tie to a request (parse error, frame too large):
+            # wake every caller, since one of them sent the offending frame.
+            for done, slot in list(self._pending.values()):
+                slot.append(message)
+                done.set()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    status = getattr(exc, "status_code", None)
+    if status is not None:
+        body = getattr(exc, "body", b"") or b""
+        return f"HTTP {status} {body.decode(errors='replace').strip()}".strip()
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,231 @@
+"""JSON-RPC 2.0 over text frames: parsing, validation, batches, errors, authentication gate.
+
+:class:`Dispatcher` turns one received frame into at most one frame to send back; it knows nothing
+about websockets, so it can be tested (and benchmarked) on its own. The order of checks is chosen
+so that an unauthenticated client learns nothing: after the envelope is checked, every method but
+``auth`` is refused with ``-32001`` before the method is even looked up.
+
+Failure of a handler never escapes: :class:`~flnode.rpc.RpcError` keeps its code, other
+:class:`~flnode.errors.FLNodeError` become ``-32000`` with their message (they are written for
+people), and anything else is logged with its traceback and answered with ``-32603``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from pydantic import BaseModel, ValidationError
+
+from ..errors import FLNodeError
+from ..log import get_logger
+from ..rpc import (
+    CALL_TIMEOUT,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    REQUEST_TOO_LARGE,
+    SERVER_ERROR,
+    UNAUTHORIZED,
+    RpcError,
+    RpcMethod,
+)
+from .registry import MethodRegistry
+from .session import Session, set_current_session
+
+log = get_logger("flnode.api")
+
+#: Methods an unauthenticated connection may call.
+OPEN_METHODS = frozenset({"auth"})
+UNAUTHORIZED_MESSAGE = (
+    "not authenticated: call auth with the token from <datadir>/api.token first "
+    "(or connect with ?token=...)"
+)
+
+
+@dataclass(slots=True)
+class ApiStatistics:
+    """Counters for the metrics endpoint: calls per method and errors per JSON-RPC code."""
+
+    frames: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+    errors: Counter[int] = field(default_factory=Counter)
+    connections: int = 0
+    connections_total: int = 0
+    rejected_connections: int = 0
+
+
+def _error(code: int, message: str, request_id: Any = None, data: Any = None) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": RpcError(code, message, data).to_json()}
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return result
+
+
+class Dispatcher:
+    """Serves frames against a :class:`MethodRegistry`. See the module docstring."""
+
+    def __init__(
+        self,
+        registry: MethodRegistry,
+        *,
+        max_frame_bytes: int = 2**20,
+        max_batch: int = 100,
+        call_timeout_s: float = 30.0,
+        stats: ApiStatistics | None = None,
+    ) -> None:
+        self.registry = registry
+        self.max_frame_bytes = max_frame_bytes
+        self.max_batch = max_batch
+        self.call_timeout_s = call_timeout_s
+        self.stats = stats or ApiStatistics()
+
+    async def handle_frame(self, frame: str | bytes, session: Session) -> str | None:
+        """The reply to one frame, or None when nothing is to be sent (notifications only)."""
+        self.stats.frames += 1
+        if len(frame) > self.max_frame_bytes:
+            self.stats.errors[REQUEST_TOO_LARGE] += 1
+            return _dumps(
+                _error(
+                    REQUEST_TOO_LARGE,
+                    f"request of {len(frame)} bytes exceeds the limit of {self.max_frame_bytes} "
+                    "bytes (api.max_frame_bytes)",
+                )
+            )
+        try:
+            text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
+            request = json.loads(text)
+        except (UnicodeDecodeError, ValueError) as exc:
+            self.stats.errors[PARSE_ERROR] += 1
+            return _dumps(_error(PARSE_ERROR, f"parse error: not valid JSON ({exc})"))
+        if isinstance(request, list):
+            return await self._batch(request, session)
+        reply = await self.handle_request(request, session)
+        return None if reply is None else _dumps(reply)
+
+    async def _batch(self, requests: list[Any], session: Session) -> str | None:
+        if not requests:
+            self.stats.errors[INVALID_REQUEST] += 1
+            return _dumps(_error(INVALID_REQUEST, "invalid request: empty batch"))
+        if len(requests) > self.max_batch:
+            self.stats.errors[INVALID_REQUEST] += 1
+            return _dumps(
+                _error(
+                    INVALID_REQUEST,
+                    f"invalid request: batch of {len(requests)} exceeds the limit of "
+                    f"{self.max_batch} (api.max_batch)",
+                )
+            )
+        replies: list[dict[str, Any] | None] = [None] * len(requests)
+
+        async def one(i: int, request: Any) -> None:
+            replies[i] = await self.handle_request(request, session)
+
+        async with trio.open_nursery() as nursery:
+            for i, request in enumerate(requests):
+                nursery.start_soon(one, i, request)
+        answered = [r for r in replies if r is not None]
+        return _dumps(answered) if answered else None
+
+    async def handle_request(self, request: Any, session: Session) -> dict[str, Any] | None:
+        """Serve one decoded request object; None for a notification (no ``id``)."""
+        if not isinstance(request, dict):
+            self.stats.errors[INVALID_REQUEST] += 1
+            return _error(INVALID_REQUEST, "invalid request: expected a JSON object")
+        request_id = request.get("id")
+        if not (request_id is None or isinstance(request_id, str | int)) or isinstance(
+            request_id, bool
+        ):
+            self.stats.errors[INVALID_REQUEST] += 1
+            return _error(INVALID_REQUEST, "invalid request: id must be a string, number or null")
+        is_notification = "id" not in request
+        try:
+            result = await self._call(request, session)
+        except RpcError as exc:
+            self.stats.errors[exc.code] += 1
+            if is_notification:
+                return None
+            return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_json()}
+        if is_notification:
+            return None
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    async def _call(self, request: dict[str, Any], session: Session) -> Any:
+        if request.get("jsonrpc") != "2.0":
+            raise RpcError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"')
+        name = request.get("method")
+        if not isinstance(name, str):
+            raise RpcError(INVALID_REQUEST, 'invalid request: "method" must be a string')
+        raw_params = request.get("params", {})
+        if not isinstance(raw_params, dict | list):
+            raise RpcError(
+                INVALID_REQUEST, 'invalid request: "params" must be an object or an array'
+            )
+        if not session.authenticated and name not in OPEN_METHODS:
+            raise RpcError(UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
+        method = self.registry.get(name)
+        params = validate_params(method, raw_params)
+        self.stats.calls[name] += 1
+        set_current_session(session)
+        try:
+            with trio.fail_after(self.call_timeout_s):
+                result = await method.handler(params)
+            encoded = _jsonable(result)
+            _dumps(encoded)  # fail here, inside the error handling, if it cannot be encoded
+            return encoded
+        except RpcError:
+            raise
+        except trio.TooSlowError:
+            raise RpcError(
+                CALL_TIMEOUT, f"{name} did not finish within {self.call_timeout_s} s"
+            ) from None
+        except FLNodeError as exc:
+            raise RpcError(SERVER_ERROR, str(exc)) from None
+        except Exception as exc:
+            log.exception("api method failed", method=name)
+            raise RpcError(
+                INTERNAL_ERROR, f"internal error in {name}: {type(exc).__name__} (see the node log)"
+            ) from None
+
+
+def validate_params(method: RpcMethod, raw: dict[str, Any] | list[Any]) -> Any:
+    """Build ``method.params`` from named or positional parameters, or raise ``-32602``."""
+    fields = list(method.params.model_fields)
+    if isinstance(raw, list):
+        if len(raw) > len(fields):
+            expected = f"({', '.join(fields)})" if fields else "none"
+            raise RpcError(
+                INVALID_PARAMS,
+                f"invalid params for {method.name}: takes at most {len(fields)} "
+                f"parameter(s) {expected}, got {len(raw)}",
+            )
+        raw = dict(zip(fields, raw, strict=False))
+    try:
+        return method.params.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "params"
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(fields) or "none"
+                problems.append(f"unknown parameter {where!r} (parameters: {known})")
+            elif err["type"] == "missing":
+                problems.append(f"missing parameter {where!r}")
+            else:
+                problems.append(f"{where}: {err['msg']}")
+        raise RpcError(
+            INVALID_PARAMS,
+            f"invalid params for {method.name}: {'; '.join(problems)}",
+            data=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
+        ) from None

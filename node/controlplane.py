@@ -1,0 +1,238 @@
+"""Wiring of the control plane: the API service and the metrics endpoint over the node's services.
+
+The API and metrics packages know no layer; this module is where the node's concrete services
+meet them: an adapter presents the P2P service as the API's :class:`~flnode.api.NodeInfoSource`,
+P2P connection events are published on the :class:`~flnode.events.EventBus`, and each service's
+``statistics`` become Prometheus samples. Later services add their namespaces with
+``ApiService.add_provider`` and their samples with ``MetricsService.add_source``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import trio
+
+from . import __version__
+from .api import ApiService, ConnectOutcome, PeerView, node_provider
+from .config import NodeConfig
+from .datadir import DataDir
+from .events import EventBus
+from .identity import NodeIdentity
+from .metrics import MetricsService, Sample
+from .p2p.service import P2PService
+from .service import LoopMonitor, Service
+from .storage.service import BlobStoreService
+
+PEER_JOINED = "peer_joined"
+PEER_LEFT = "peer_left"
+_CONNECT_SETTLE_S = 1.0
+
+
+def peer_event_publisher(bus: EventBus) -> Any:
+    """A P2P ``on_peer_event`` callback that publishes ``peer_joined`` / ``peer_left``."""
+    bus.declare(PEER_JOINED, "A connection to a peer opened: {peer_id}.")
+    bus.declare(PEER_LEFT, "The last connection to a peer closed: {peer_id}.")
+
+    def publish(kind: str, peer: str) -> None:
+        bus.publish(PEER_JOINED if kind == "joined" else PEER_LEFT, peer_id=peer)
+
+    return publish
+
+
+class P2PNodeInfo:
+    """:class:`~flnode.api.NodeInfoSource` over the identity, config and P2P service."""
+
+    def __init__(self, config: NodeConfig, identity: NodeIdentity, p2p: P2PService) -> None:
+        self.config = config
+        self.identity = identity
+        self.p2p = p2p
+        self.started_at = time.time()
+
+    def info(self) -> Mapping[str, Any]:
+        return {
+            "peer_id": self.identity.peer_id,
+            "address": self.identity.address,
+            "roles": list(self.config.node.roles),
+            "network_id": self.config.node.network_id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "p2p_addrs": self.p2p.addrs,
+        }
+
+    def peers(self) -> Sequence[PeerView]:
+        connected = set(self.p2p.connected_peers())
+        known = getattr(self.p2p, "_known", {})  # the peer book's addresses; read-only
+        views = []
+        for peer in sorted(connected | set(self.p2p.known_peers())):
+            entry = known.get(peer)
+            addrs = tuple(str(a) for a in entry.addrs) if entry is not None else ()
+            views.append(PeerView(peer, peer in connected, self.p2p.scores.score(peer), addrs))
+        views.sort(key=lambda v: not v.connected)
+        return views
+
+    async def connect(self, addr: str) -> ConnectOutcome:
+        peer = await self.p2p.connect(addr)
+        # The connection event may be delivered just after the dial returns.
+        with trio.move_on_after(_CONNECT_SETTLE_S):
+            while peer not in self.p2p.connected_peers():
+                await trio.sleep(0.02)
+        return ConnectOutcome(peer, peer in self.p2p.connected_peers())
+
+
+def control_plane_services(
+    config: NodeConfig,
+    datadir: DataDir,
+    identity: NodeIdentity,
+    *,
+    bus: EventBus,
+    monitor: LoopMonitor,
+    blobs: BlobStoreService,
+    p2p: P2PService,
+) -> list[Service]:
+    """The metrics and API services of a node (each only when enabled), in start order."""
+    services: list[Service] = []
+    api: ApiService | None = None
+    if config.api.enabled:
+        api = ApiService(config.api, datadir.token_file, bus)
+        api.add_provider(node_provider(P2PNodeInfo(config, identity, p2p)))
+    if config.metrics.enabled:
+        metrics = MetricsService(config.metrics)
+        started = time.time()
+        blob_stats: list[Any] = []
+
+        async def refresh_blobs() -> None:
+            stat = await trio.to_thread.run_sync(blobs.store.stat)
+            blob_stats[:] = [stat]
+
+        metrics.add_refresher(refresh_blobs)
+        metrics.add_source(lambda: _node_samples(config, identity, started))
+        metrics.add_source(lambda: _p2p_samples(p2p))
+        metrics.add_source(lambda: _blob_samples(blob_stats))
+        metrics.add_source(lambda: _loop_samples(monitor))
+        metrics.add_source(lambda: _event_samples(bus))
+        if api is not None:
+            metrics.add_source(lambda: _api_samples(api))
+        services.append(metrics)
+    if api is not None:
+        services.append(api)  # last: once it answers, everything it reports is running
+    return services
+
+
+def _node_samples(config: NodeConfig, identity: NodeIdentity, started: float) -> Iterable[Sample]:
+    labels = {
+        "peer_id": identity.peer_id,
+        "roles": ",".join(config.node.roles),
+        "network_id": config.node.network_id,
+        "version": __version__,
+    }
+    yield Sample(
+        "flnode_node_info", "gauge", "Constant 1, labelled with who this node is.", 1, labels
+    )
+    yield Sample(
+        "flnode_uptime_seconds", "gauge", "Seconds since the node started.", time.time() - started
+    )
+
+
+def _p2p_samples(p2p: P2PService) -> Iterable[Sample]:
+    stats = p2p.stats
+    yield Sample("flnode_peers", "gauge", "Peers connected now.", len(p2p.connected_peers()))
+    yield Sample("flnode_known_peers", "gauge", "Peers in the peer book.", len(p2p.known_peers()))
+    gossip = "Gossip messages: out = published by this node, in = received for validation."
+    yield Sample("flnode_gossip_messages", "counter", gossip, stats.published, {"direction": "out"})
+    yield Sample("flnode_gossip_messages", "counter", gossip, stats.received, {"direction": "in"})
+    yield Sample(
+        "flnode_gossip_delivered",
+        "counter",
+        "Gossip envelopes handed to local subscribers.",
+        stats.delivered,
+    )
+    dropped = {**stats.dropped, "queue_full": stats.queue_overflow}
+    for reason, count in sorted(dropped.items()):
+        yield Sample(
+            "flnode_gossip_dropped",
+            "counter",
+            "Gossip dropped, by reason.",
+            count,
+            {"reason": reason},
+        )
+    if p2p.fetcher is not None:
+        fs = p2p.fetcher.stats
+        yield Sample("flnode_fetch_served", "counter", "Fetch-by-CID requests served.", fs.served)
+        yield Sample("flnode_fetch_fetched", "counter", "Blobs fetched from peers.", fs.fetched)
+        yield Sample(
+            "flnode_fetch_fetched_bytes", "counter", "Bytes fetched from peers.", fs.fetched_bytes
+        )
+        yield Sample(
+            "flnode_fetch_failed", "counter", "Fetches that failed at every provider.", fs.failed
+        )
+
+
+def _blob_samples(blob_stats: list[Any]) -> Iterable[Sample]:
+    if not blob_stats:
+        return
+    s = blob_stats[0]
+    yield Sample("flnode_blobs", "gauge", "Blobs in the local store.", s.blobs)
+    yield Sample("flnode_blob_bytes", "gauge", "Bytes in the local store.", s.bytes)
+    yield Sample("flnode_blobs_pinned", "gauge", "Pinned blobs.", s.pinned_blobs)
+    yield Sample(
+        "flnode_blobs_quarantined",
+        "gauge",
+        "Blobs quarantined after failing verification.",
+        s.quarantined,
+    )
+
+
+def _loop_samples(monitor: LoopMonitor) -> Iterable[Sample]:
+    s = monitor.statistics()
+    yield Sample(
+        "flnode_event_loop_lag_seconds",
+        "gauge",
+        "How late the event loop woke the monitor last time.",
+        s.last_lag_s,
+    )
+    yield Sample(
+        "flnode_event_loop_lag_max_seconds", "gauge", "Largest event-loop lag seen.", s.max_lag_s
+    )
+
+
+def _event_samples(bus: EventBus) -> Iterable[Sample]:
+    s = bus.statistics()
+    yield Sample(
+        "flnode_events_published", "counter", "Events published on the node's bus.", s.published
+    )
+    yield Sample(
+        "flnode_events_dropped", "counter", "Events dropped for slow subscribers.", s.dropped
+    )
+    yield Sample("flnode_event_subscriptions", "gauge", "Open event subscriptions.", s.subscribers)
+
+
+def _api_samples(api: ApiService) -> Iterable[Sample]:
+    s = api.stats
+    yield Sample("flnode_api_connections", "gauge", "Open API connections.", s.connections)
+    yield Sample(
+        "flnode_api_frames", "counter", "API frames received (requests and batches).", s.frames
+    )
+    yield Sample(
+        "flnode_api_connections_rejected",
+        "counter",
+        "API handshakes refused (token, limit).",
+        s.rejected_connections,
+    )
+    for method, count in sorted(s.calls.items()):
+        yield Sample(
+            "flnode_api_calls", "counter", "API calls served, by method.", count, {"method": method}
+        )
+    for code, count in sorted(s.errors.items()):
+        yield Sample(
+            "flnode_api_errors",
+            "counter",
+            "API error replies, by JSON-RPC code.",
+            count,
+            {"code": str(code)},
+        )

@@ -1,0 +1,105 @@
+"""The dispatcher and registry alone: how handler failures map to JSON-RPC errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from pydantic import Field
+
+from flnode.api.dispatch import Dispatcher
+from flnode.api.registry import MethodRegistry
+from flnode.api.session import Session
+from flnode.errors import FLNodeError
+from flnode.rpc import NoParams, Params, RpcError, RpcMethod, StaticProvider
+
+
+class EchoParams(Params):
+    text: str = Field(description="What to echo.")
+    times: int = Field(1, ge=1, le=3, description="How often.")
+
+
+async def _echo(p: EchoParams) -> str:
+    return p.text * p.times
+
+
+async def _boom(p: NoParams) -> None:
+    raise ZeroDivisionError("secret detail")
+
+
+async def _refused(p: NoParams) -> None:
+    raise FLNodeError("the task registry is not running yet; try again after start-up")
+
+
+async def _slow(p: NoParams) -> None:
+    await trio.sleep(10)
+
+
+async def _unencodable(p: NoParams) -> object:
+    return {1, 2}
+
+
+def _dispatcher() -> Dispatcher:
+    registry = MethodRegistry()
+    registry.add_provider(
+        StaticProvider(
+            "test",
+            (
+                RpcMethod("test_echo", _echo, "Echo.", EchoParams),
+                RpcMethod("test_boom", _boom, "Raise."),
+                RpcMethod("test_refused", _refused, "Refuse."),
+                RpcMethod("test_slow", _slow, "Sleep."),
+                RpcMethod("test_set", _unencodable, "Return a set."),
+            ),
+        )
+    )
+    return Dispatcher(registry, call_timeout_s=0.2)
+
+
+async def _call(method: str, params: object = None) -> dict:
+    request: dict = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params is not None:
+        request["params"] = params
+    reply = await _dispatcher().handle_frame(json.dumps(request), Session("t", authenticated=True))
+    assert reply is not None
+    return json.loads(reply)
+
+
+async def test_params_by_name_and_position() -> None:
+    assert (await _call("test_echo", {"text": "ab", "times": 2}))["result"] == "abab"
+    assert (await _call("test_echo", ["ab", 3]))["result"] == "ababab"
+    wrong = (await _call("test_echo", {"text": "a", "times": 9}))["error"]
+    assert (
+        wrong["code"] == -32602
+        and "times: Input should be less than or equal to 3" in wrong["message"]
+    )
+    assert wrong["data"][0]["loc"] == ["times"]
+    extra = (await _call("test_echo", {"text": "a", "txt": "b"}))["error"]
+    assert "unknown parameter 'txt' (parameters: text, times)" in extra["message"]
+
+
+async def test_handler_failures_map_to_codes() -> None:
+    internal = (await _call("test_boom"))["error"]
+    assert internal["code"] == -32603
+    assert "ZeroDivisionError" in internal["message"] and "secret" not in internal["message"]
+    refused = (await _call("test_refused"))["error"]
+    assert refused == {"code": -32000, "message": str(FLNodeError(refused["message"]))}
+    assert "try again" in refused["message"]
+    timeout = (await _call("test_slow"))["error"]
+    assert timeout["code"] == -32003 and "0.2 s" in timeout["message"]
+    assert (await _call("test_set"))["error"]["code"] == -32603
+
+
+def test_registry_keeps_namespaces_apart() -> None:
+    registry = MethodRegistry()
+    method = RpcMethod("chain_head", _boom, "x")
+    with pytest.raises(ValueError, match="outside its provider's namespace"):
+        registry.add_provider(StaticProvider("node", (method,)))
+    registry.add_provider(StaticProvider("chain", (method,)))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.add(method)
+    with pytest.raises(ValueError, match="lower_snake_case"):
+        registry.add(RpcMethod("Chain-Head", _boom, "x"))
+    with pytest.raises(RpcError, match="did you mean chain_head"):
+        registry.get("chain_haed")
