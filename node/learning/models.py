@@ -51,6 +51,7 @@ __all__ = [
     "SPEC_FORMAT",
     "ArchParams",
     "Architecture",
+    "DpCnnParams",
     "ModelSpec",
     "ModelSpecError",
     "Part",
@@ -276,6 +277,75 @@ def _split_cnn_head(p: SplitCnnParams) -> nn.Module:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DpCnnParams(ArchParams):
+    """Parameters of ``"dp-cnn"``: the small tanh CNN that DP-SGD trains well (Papernot et al.
+    2021, "Tempered sigmoid activations"; the prototype of docs/notes/dpsgd-prototype.md).
+
+    No BatchNorm anywhere by default (Opacus cannot compute per-sample gradients through it), tanh
+    activations (bounded, which keeps clipped gradients informative), and a ``tanh`` on the
+    released features, so every coordinate lies in ``[-1, 1]`` before any bounding. The head's
+    ``norm`` is ``"none"`` by default; a BatchNorm-based norm is allowed only when the head is not
+    trained by DP-SGD (the "dpsgd-extractor" mode trains it on noisy features instead).
+    """
+
+    in_channels: int = _param(1, _Int(1, 16), "image channels")
+    image_size: int = _param(28, _Int(16, 256), "image height = width, pixels")
+    n_classes: int = _param(10, _Int(2, 10_000), "number of classes")
+    conv1_channels: int = _param(16, _Int(1, 512), "output channels of the first conv (8×8/2)")
+    conv2_channels: int = _param(32, _Int(1, 512), "output channels of the second conv (4×4/2)")
+    bottleneck: int = _param(32, _Int(1, 4096), "released feature dimension d")
+    norm: str = _param("none", _Choice(tuple(NORMS)), "normalisation at the head's input")
+    norm_groups: int | None = _param(None, _Int(1, 4096, optional=True), "groupnorm groups")
+    noise_scale: float | None = _param(None, _Float(0.0, 1e9, optional=True), "noise scale")
+
+    def _check_together(self) -> None:
+        try:
+            with torch.device("meta"):
+                self.make_norm()
+        except NormConfigError as exc:
+            raise ModelSpecError(f"parameter 'norm' ({self.norm!r}): {exc}") from exc
+
+    @property
+    def feature_map_size(self) -> int:
+        """Side of the last feature map (4 for 28×28)."""
+        side = (self.image_size + 2 * 3 - 8) // 2 + 1 - 1  # conv 8×8/2 pad 3, max-pool 2/1
+        return (side - 4) // 2 + 1 - 1  # conv 4×4/2, max-pool 2/1
+
+    @property
+    def flat_features(self) -> int:
+        return self.conv2_channels * self.feature_map_size**2
+
+    def make_norm(self) -> nn.Module:
+        return build_norm(
+            self.norm,
+            self.bottleneck,
+            coord_range=(-1.0, 1.0),
+            noise_scale=self.noise_scale,
+            groups=self.norm_groups,
+        )
+
+
+def _dp_cnn_extractor(p: DpCnnParams) -> nn.Module:
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(p.in_channels, p.conv1_channels, 8, stride=2, padding=3),
+            act1=nn.Tanh(),
+            pool1=nn.MaxPool2d(2, 1),
+            conv2=nn.Conv2d(p.conv1_channels, p.conv2_channels, 4, stride=2),
+            act2=nn.Tanh(),
+            pool2=nn.MaxPool2d(2, 1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(p.flat_features, p.bottleneck),
+            act3=nn.Tanh(),
+        )
+    )
+
+
+def _dp_cnn_head(p: DpCnnParams) -> nn.Module:
+    return nn.Sequential(OrderedDict(norm=p.make_norm(), fc=nn.Linear(p.bottleneck, p.n_classes)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Registry
 
@@ -310,6 +380,17 @@ register_architecture(
         extractor=_split_cnn_extractor,
         head=_split_cnn_head,
         description="2 conv blocks → Linear(→d) on the device; norm → MLP head (learning.md §4)",
+    )
+)
+
+
+register_architecture(
+    Architecture(
+        name="dp-cnn",
+        params_type=DpCnnParams,
+        extractor=_dp_cnn_extractor,
+        head=_dp_cnn_head,
+        description="tanh CNN without BatchNorm for DP-SGD (~26k weights); norm → Linear head",
     )
 )
 
@@ -445,7 +526,7 @@ class ModelSpec:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input sample, e.g. ``(1, 28, 28)``."""
         p = self.params
-        if isinstance(p, SplitCnnParams):
+        if isinstance(p, SplitCnnParams | DpCnnParams):
             return (p.in_channels, p.image_size, p.image_size)
         raise ModelSpecError(f"no input shape known for architecture {self.arch!r}")
 

@@ -49,6 +49,17 @@ from .privacy import Accounting, FeatureRelease, NoisyFeatureCache, sample_ids_k
 from .serialization import weights_from_bytes, weights_to_bytes
 from .training import RandomShift, evaluate, extract_features, pretrain, set_threads, train_head
 
+PrivacyMode = Literal["frozen", "dpsgd-extractor", "dpsgd-full"]
+PRIVACY_MODES: tuple[str, ...] = ("frozen", "dpsgd-extractor", "dpsgd-full")
+"""How a device's private data reaches the model (README "Privacy modes"):
+
+* ``frozen`` — the manufacturer's public extractor is frozen; devices release noisy features and
+  train the head on them (the paper's scheme; the update has no extractor weights);
+* ``dpsgd-extractor`` — devices train the extractor with DP-SGD on raw data and the head on noisy
+  features (which an edge node can do for them);
+* ``dpsgd-full`` — devices train the whole model with DP-SGD, locally only.
+"""
+
 AttackName = Literal["none", "label-flip", "sign-flip", "scale", "gaussian-noise", "free-ride"]
 ATTACK_NAMES: tuple[str, ...] = (
     "none",
@@ -68,6 +79,7 @@ class SimulationConfig:
     ``per-feature``, the paper's); ``None`` means no noise at all (ε = ∞, no privacy).
     """
 
+    mode: PrivacyMode = "frozen"
     dataset: str = "mnist"
     n_devices: int = 10
     partition: str = "iid"
@@ -99,8 +111,39 @@ class SimulationConfig:
     seed: int = 0
     noise_seed: int | None = None
     threads: int = 2
+    # DP-SGD modes only (see :mod:`.dp_simulation`); ``local_epochs`` is the DP-SGD epochs there.
+    dp_lr: float = 4.0
+    dp_momentum: float = 0.9
+    dp_clip: float = 0.1
+    dp_batch_size: int = 256
+    feature_share: float = 0.5
+    head_epochs: int = 2
 
     def __post_init__(self) -> None:
+        if self.mode not in PRIVACY_MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; known: {', '.join(PRIVACY_MODES)}")
+        if self.mode != "frozen":
+            if self.epsilon is None or self.delta is None or not 0 < self.delta < 1:
+                raise ValueError(
+                    f"mode {self.mode!r} trains on raw data with DP-SGD, which needs a finite "
+                    "epsilon and a delta in (0, 1)"
+                )
+            if self.accounting != "per-sample":
+                raise ValueError("DP-SGD modes are accounted per sample only")
+            from .dpsgd import DpSgdSettings  # validates the DP-SGD knobs with clear errors
+
+            DpSgdSettings(
+                lr=self.dp_lr,
+                momentum=self.dp_momentum,
+                max_grad_norm=self.dp_clip,
+                batch_size=self.dp_batch_size,
+                local_epochs=self.local_epochs,
+            )
+            if self.mode == "dpsgd-extractor" and not 0 < self.feature_share < 1:
+                raise ValueError(
+                    f"feature_share must be in (0, 1) (the part of ε planned for the feature "
+                    f"releases). Got: {self.feature_share}"
+                )
         if self.n_devices < 1:
             raise ValueError(f"n_devices must be ≥ 1. Got: {self.n_devices}")
         if self.rounds < 1:
@@ -111,7 +154,12 @@ class SimulationConfig:
             raise ValueError(f"unknown attack {self.attack!r}; known: {', '.join(ATTACK_NAMES)}")
         if not 0.0 <= self.attack_fraction < 1.0:
             raise ValueError(f"attack_fraction must be in [0, 1). Got: {self.attack_fraction}")
-        if self.mechanism == "gaussian" and self.epsilon is not None and self.delta is None:
+        if (
+            self.mode == "frozen"
+            and self.mechanism == "gaussian"
+            and self.epsilon is not None
+            and self.delta is None
+        ):
             raise ValueError("the Gaussian mechanism needs a delta")
         # Fail before any training: the rule, the norm and the bounding are checked up front.
         strategy_from_spec(self.strategy, **dict(self.strategy_params))
@@ -127,6 +175,49 @@ class SimulationConfig:
         out = asdict(self)
         out["strategy_params"] = dict(self.strategy_params)
         return out
+
+
+PRESETS: Mapping[str, Mapping[str, Any]] = {
+    # learning.md's measured recipe (README "Accuracy"): public extractor, noisy 8-d features.
+    "frozen": {"mode": "frozen"},
+    # Measured in docs/notes/dpsgd-prototype.md (run H) and bench/results/accuracy.json.
+    "dpsgd-full": {
+        "mode": "dpsgd-full",
+        "n_devices": 8,
+        "public_size": 500,
+        "rounds": 10,
+        "local_epochs": 1,
+        "epsilon": 10.0,
+        "delta": 1e-5,
+        "bottleneck": 32,
+        "pretrain_epochs": 60,
+        "pretrain_lr": 1e-3,
+        "pretrain_batch_size": 50,
+        "pretrain_shift": 0,
+        "dp_lr": 4.0,
+        "dp_momentum": 0.9,
+        "dp_clip": 0.1,
+        "dp_batch_size": 256,
+        "threads": 1,
+    },
+}
+PRESETS["dpsgd-extractor"] = {  # type: ignore[index]
+    **PRESETS["dpsgd-full"],
+    "mode": "dpsgd-extractor",
+    "mechanism": "gaussian",
+    "bounding": "l2",
+    "feature_share": 0.3,
+    "head_epochs": 2,
+    "head_lr": 1e-2,
+    "batch_size": 64,
+}
+
+
+def preset(mode: str, **overrides: Any) -> SimulationConfig:
+    """The measured hyper-parameters for ``mode`` on MNIST, with ``overrides`` applied."""
+    if mode not in PRESETS:
+        raise ValueError(f"no preset for mode {mode!r}; known: {', '.join(PRESETS)}")
+    return SimulationConfig(**{**PRESETS[mode], **overrides})
 
 
 @dataclass(frozen=True)
