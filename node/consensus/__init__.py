@@ -1,4 +1,52 @@
-"""Embedded py-evm chain, Vyper contracts, sortition, BFT votes and block sync.
+"""The ledger: an embedded py-evm chain (Prague rules) and the Vyper ledger contract.
 
-Not built yet: this package is filled by the ledger (#7) and consensus (#8) issues.
+Issue #7 built the network file and genesis, the chain and its mempool, the chain service and the
+contract (task registry, reputation, rewards, miners). Sortition, BFT votes and block sync are
+issue #8's and will live here too.
 """
+
+from .abc import LedgerAPI as LedgerAPI
+from .chain import BuiltBlock as BuiltBlock
+from .chain import Chain as Chain
+from .chain import Head as Head
+from .chain import Log as Log
+from .chain import Receipt as Receipt
+from .errors import BlockRejected as BlockRejected
+from .errors import ConsensusError as ConsensusError
+from .errors import ContractReverted as ContractReverted
+from .errors import GenesisMismatchError as GenesisMismatchError
+from .errors import NetworkFileError as NetworkFileError
+from .errors import NotFound as NotFound
+from .errors import TransactionRejected as TransactionRejected
+from .ledger import LedgerContract as LedgerContract
+from .ledger import SignedVote as SignedVote
+from .ledger import TaskInfo as TaskInfo
+from .ledger import Vote as Vote
+from .network import NetworkSpec as NetworkSpec
+from .network import load_network as load_network
+from .network import new_network as new_network
+from .service import ChainService as ChainService
+
+__all__ = [
+    "BlockRejected",
+    "BuiltBlock",
+    "Chain",
+    "ChainService",
+    "ConsensusError",
+    "ContractReverted",
+    "GenesisMismatchError",
+    "Head",
+    "LedgerAPI",
+    "LedgerContract",
+    "Log",
+    "NetworkFileError",
+    "NetworkSpec",
+    "NotFound",
+    "Receipt",
+    "SignedVote",
+    "TaskInfo",
+    "TransactionRejected",
+    "Vote",
+    "load_network",
+    "new_network",
+]

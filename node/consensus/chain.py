@@ -1,0 +1,512 @@
+"""The embedded chain: a py-evm ``MiningChain`` (Prague rules) on a node's chain database.
+
+:class:`Chain` is synchronous and **not thread-safe**: py-evm's chain object is not. The
+:class:`~flnode.consensus.service.ChainService` owns the one instance of a node and runs every call
+in one worker thread (a ``CapacityLimiter(1)``), so the trio event loop never executes EVM code.
+
+What it adds to py-evm:
+
+* opening a data dir's DB from a :class:`NetworkSpec` (genesis on first use, and a refusal when the
+  DB's genesis is another network's);
+* transactions built and signed with the node key (EIP-1559, round-tripped through the decoder to
+  get Prague-typed transactions, see stack notes E1);
+* a :class:`Mempool` that checks size, encoding, chain id, signature, gas, fee, nonce and funds
+  before accepting anything;
+* ``build_block`` (the proposer executes the transactions and seals a block *without* importing
+  it, so nothing is canonical before consensus certifies it) and ``import_block`` (everybody,
+  the proposer included, re-executes and checks every root); only blocks that extend the head are
+  imported, since consensus gives finality and there are no forks to choose between;
+* read access shaped like Ethereum JSON-RPC: ``call``, balances, nonces, receipts (with each
+  transaction's own gas, not py-evm's cumulative figure) and logs (topics as bytes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import rlp
+from eth.abc import BlockAPI, ReceiptAPI, SignedTransactionAPI
+from eth.db.backends.base import BaseAtomicDB
+from eth.exceptions import (
+    BlockNotFound,
+    CanonicalHeadNotFound,
+    HeaderNotFound,
+    TransactionNotFound,
+)
+from eth.vm.forks import PragueVM
+from eth.vm.spoof import SpoofTransaction
+from eth_keys import keys
+from eth_utils import ValidationError, to_canonical_address, to_checksum_address
+
+from .abi import decode_revert
+from .errors import BlockRejected, ContractReverted, GenesisMismatchError, NotFound
+from .mempool import Mempool
+from .network import NetworkSpec, chain_class
+
+ZERO_ADDRESS = b"\x00" * 20
+DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei tip
+CALL_GAS = 50_000_000
+
+
+def as_address(value: str | bytes) -> bytes:
+    """A 20-byte address from a hex string (checksummed or not) or bytes."""
+    if isinstance(value, bytes):
+        if len(value) != 20:
+            raise ValueError(f"an address is 20 bytes, got {len(value)}")
+        return value
+    return to_canonical_address(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The canonical head block, summarised."""
+
+    number: int
+    hash: bytes
+    parent_hash: bytes
+    state_root: bytes
+    timestamp: int
+    coinbase: str
+    gas_used: int
+    gas_limit: int
+    base_fee: int
+    tx_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """One EVM log; ``topics`` are 32-byte strings (py-evm hands out ints)."""
+
+    address: bytes
+    topics: tuple[bytes, ...]
+    data: bytes
+    block_number: int
+    tx_hash: bytes
+    tx_index: int
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A transaction's outcome; ``gas_used`` is this transaction's own gas."""
+
+    tx_hash: bytes
+    block_number: int
+    block_hash: bytes
+    tx_index: int
+    sender: str
+    to: str | None
+    success: bool
+    gas_used: int
+    cumulative_gas_used: int
+    logs: tuple[Log, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TxOutcome:
+    """What executing one transaction of a freshly built block did (before it is imported)."""
+
+    tx_hash: bytes
+    success: bool
+    gas_used: int
+    error: str | None
+    output: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltBlock:
+    """A sealed block a proposer built, with the execution results of its transactions."""
+
+    block: BlockAPI
+    outcomes: tuple[TxOutcome, ...]
+
+    @property
+    def hash(self) -> bytes:
+        return self.block.hash
+
+    @property
+    def number(self) -> int:
+        return int(self.block.number)
+
+    def encode(self) -> bytes:
+        return rlp.encode(self.block)
+
+
+def _logs_of(
+    receipt: ReceiptAPI, block_number: int, tx_hash: bytes, tx_index: int, first: int
+) -> tuple[Log, ...]:
+    return tuple(
+        Log(
+            address=bytes(log.address),
+            topics=tuple(t.to_bytes(32, "big") for t in log.topics),
+            data=bytes(log.data),
+            block_number=block_number,
+            tx_hash=tx_hash,
+            tx_index=tx_index,
+            log_index=first + i,
+        )
+        for i, log in enumerate(receipt.logs)
+    )
+
+
+class Chain:
+    """One node's copy of the ledger (see module docstring). Not thread-safe."""
+
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        db: BaseAtomicDB,
+        *,
+        mempool_max_txs: int = 10_000,
+        max_tx_size: int = 128 * 1024,
+        read_only: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.db = db
+        cls = chain_class(spec.chain_id)
+        genesis_hash = (
+            bytes.fromhex(spec.genesis_hash.removeprefix("0x")) if spec.genesis_hash else None
+        )
+        try:
+            stored = cls.get_chaindb_class()(db).get_canonical_block_hash(0)
+        except (HeaderNotFound, CanonicalHeadNotFound, KeyError):
+            stored = None
+        if stored is None:
+            if read_only:
+                raise GenesisMismatchError("the chain database is empty; start the node once first")
+            self._chain = cls.from_genesis(db, spec.genesis_params(), spec.genesis_state())
+            stored = self._chain.get_canonical_block_hash(0)
+        else:
+            self._chain = cls(db)
+        if genesis_hash is not None and stored != genesis_hash:
+            raise GenesisMismatchError(
+                f"this data dir's chain starts at genesis 0x{stored.hex()}, but network "
+                f"{spec.network_id!r} has genesis 0x{genesis_hash.hex()}; use the network file "
+                "this data dir was created with, or a fresh data dir"
+            )
+        self.genesis_hash = stored
+        self.mempool = Mempool(self, max_txs=mempool_max_txs, max_tx_size=max_tx_size)
+
+    # -- heads and blocks -----------------------------------------------------------------------
+
+    @property
+    def chain_id(self) -> int:
+        return self.spec.chain_id
+
+    def head(self) -> Head:
+        header = self._chain.get_canonical_head()
+        block = self._chain.get_canonical_block_by_number(header.block_number)
+        return Head(
+            number=int(header.block_number),
+            hash=header.hash,
+            parent_hash=header.parent_hash,
+            state_root=header.state_root,
+            timestamp=int(header.timestamp),
+            coinbase=to_checksum_address(header.coinbase),
+            gas_used=int(header.gas_used),
+            gas_limit=int(header.gas_limit),
+            base_fee=int(header.base_fee_per_gas),
+            tx_count=len(block.transactions),
+        )
+
+    def block(self, number_or_hash: int | bytes) -> BlockAPI:
+        try:
+            if isinstance(number_or_hash, int):
+                return self._chain.get_canonical_block_by_number(number_or_hash)
+            return self._chain.get_block_by_hash(number_or_hash)
+        except (BlockNotFound, HeaderNotFound, KeyError):
+            raise NotFound(f"no block {number_or_hash!r} in the local chain") from None
+
+    def verify_state(self, block: BlockAPI | None = None) -> bool:
+        """Whether the state trie root of ``block`` (default: head) is fully present in the DB."""
+        header = (block or self.block(self.head().number)).header
+        return header.state_root in self.db
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def decode_transaction(self, raw: bytes) -> SignedTransactionAPI:
+        return self._chain.get_vm().get_transaction_builder().decode(raw)
+
+    def sign_transaction(
+        self,
+        key: keys.PrivateKey,
+        *,
+        to: str | bytes | None,
+        data: bytes = b"",
+        value: int = 0,
+        gas: int | None = None,
+        nonce: int | None = None,
+        max_fee_per_gas: int | None = None,
+        max_priority_fee_per_gas: int = DEFAULT_PRIORITY_FEE,
+    ) -> SignedTransactionAPI:
+        """An EIP-1559 transaction signed by ``key`` (nonce: the next one, counting the mempool)."""
+        sender = key.public_key.to_canonical_address()
+        target = b"" if to is None else as_address(to)
+        if nonce is None:
+            nonce = self.mempool.next_nonce(sender)
+        if gas is None:
+            gas = self.estimate_gas(sender, target, data, value)
+        if max_fee_per_gas is None:
+            max_fee_per_gas = 2 * self.head().base_fee + max_priority_fee_per_gas
+        builder = self._chain.get_vm().get_transaction_builder()
+        unsigned = builder.new_unsigned_dynamic_fee_transaction(
+            chain_id=self.chain_id,
+            nonce=nonce,
+            max_priority_fee_per_gas=max_priority_fee_per_gas,
+            max_fee_per_gas=max_fee_per_gas,
+            gas=gas,
+            to=target,
+            value=value,
+            data=data,
+            access_list=(),
+        )
+        # Round trip through the decoder: otherwise py-evm returns a London-typed transaction
+        # that cannot be RLP-encoded inside a Prague block (stack notes, E1).
+        return builder.decode(unsigned.as_signed_transaction(key).encode())
+
+    def estimate_gas(self, sender: bytes, to: bytes, data: bytes, value: int = 0) -> int:
+        """Gas for a transaction, from a binary search over executions, plus a 10 % margin."""
+        vm = self._chain.get_vm()
+        utx = vm.create_unsigned_transaction(
+            nonce=vm.state.get_nonce(sender),
+            gas_price=0,
+            gas=self.head().gas_limit,
+            to=to,
+            value=value,
+            data=data,
+        )
+        # Estimate as if the sender proposed the block: ``commitRound`` checks block.coinbase.
+        at = self._chain.get_canonical_head().copy(coinbase=sender)
+        try:
+            used = self._chain.estimate_gas(SpoofTransaction(utx, from_=sender), at)
+        except Exception as exc:  # py-evm raises the execution's error (e.g. Revert)
+            raise ContractReverted(self._reason(exc)) from None
+        return min(self.head().gas_limit, used + used // 10 + 5_000)
+
+    def add_transaction(self, tx: bytes | SignedTransactionAPI) -> bytes:
+        """Check a transaction and put it in the mempool; returns its hash. See :class:`Mempool`."""
+        return self.mempool.add(tx)
+
+    # -- building and importing blocks -----------------------------------------------------------
+
+    def build_block(
+        self,
+        txs: Sequence[SignedTransactionAPI],
+        *,
+        coinbase: str | bytes,
+        timestamp: int | None = None,
+    ) -> BuiltBlock:
+        """Execute ``txs`` on top of the head and seal a block, without importing it.
+
+        Transactions that cannot go in (a nonce out of sequence, not enough gas left in the block)
+        are skipped; transactions that run and revert are included, as in Ethereum.
+        """
+        parent = self._chain.get_canonical_head()
+        if timestamp is None:
+            timestamp = max(parent.timestamp + 1, int(time.time()))
+        if timestamp <= parent.timestamp:
+            raise BlockRejected(f"block timestamp {timestamp} is not after its parent's")
+        base = self._chain.create_header_from_parent(
+            parent, timestamp=timestamp, coinbase=as_address(coinbase)
+        )
+        vm = self._chain.get_vm(base)
+        chosen = self._fit(vm, txs, base.gas_limit)
+        try:
+            header, receipts, computations = vm.apply_all_transactions(chosen, base)
+            filled = vm.set_block_transactions_and_withdrawals(
+                vm.get_block(), header, chosen, receipts
+            )
+            block = vm.mine_block(filled).block
+        except ValidationError as exc:
+            raise BlockRejected(f"cannot build a block: {exc}") from None
+        outcomes = []
+        previous = 0
+        for tx, receipt, comp in zip(chosen, receipts, computations, strict=True):
+            outcomes.append(
+                TxOutcome(
+                    tx_hash=tx.hash,
+                    success=comp.is_success,
+                    gas_used=receipt.gas_used - previous,
+                    error=None if comp.is_success else self._reason(comp.error),
+                    output=bytes(comp.output),
+                )
+            )
+            previous = receipt.gas_used
+        return BuiltBlock(block, tuple(outcomes))
+
+    def _fit(
+        self, vm: Any, txs: Iterable[SignedTransactionAPI], gas_limit: int
+    ) -> list[SignedTransactionAPI]:
+        nonces: dict[bytes, int] = {}
+        gas = 0
+        chosen = []
+        state = vm.state
+        for tx in txs:
+            sender = tx.sender
+            expected = nonces.get(sender)
+            if expected is None:
+                expected = state.get_nonce(sender)
+            if tx.nonce != expected or gas + tx.gas > gas_limit:
+                continue
+            nonces[sender] = expected + 1
+            gas += tx.gas
+            chosen.append(tx)
+        return chosen
+
+    def decode_block(self, raw: bytes) -> BlockAPI:
+        try:
+            return rlp.decode(raw, sedes=PragueVM.get_block_class())
+        except Exception as exc:  # rlp raises several types on malformed input
+            raise BlockRejected(f"not an RLP-encoded block: {exc}") from None
+
+    def import_block(self, block: BlockAPI | bytes) -> Head:
+        """Validate and import a block that extends the head (re-executes every transaction)."""
+        if isinstance(block, bytes | bytearray | memoryview):
+            block = self.decode_block(bytes(block))
+        head = self._chain.get_canonical_head()
+        if block.header.parent_hash != head.hash:
+            raise BlockRejected(
+                f"block #{block.number} 0x{block.hash.hex()[:16]} does not extend the head "
+                f"#{head.block_number} 0x{head.hash.hex()[:16]}"
+            )
+        try:
+            self._chain.import_block(block)
+        except (ValidationError, rlp.exceptions.RLPException, ValueError) as exc:
+            raise BlockRejected(f"block #{block.number} is invalid: {exc}") from None
+        self.mempool.prune()
+        return self.head()
+
+    def mine(
+        self,
+        txs: Sequence[SignedTransactionAPI],
+        *,
+        coinbase: str | bytes,
+        timestamp: int | None = None,
+    ) -> tuple[Head, BuiltBlock]:
+        """Build a block and import it (a single proposer without consensus, and tests)."""
+        built = self.build_block(txs, coinbase=coinbase, timestamp=timestamp)
+        return self.import_block(built.block), built
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def balance(self, address: str | bytes) -> int:
+        return int(self._chain.get_vm().state.get_balance(as_address(address)))
+
+    def nonce(self, address: str | bytes) -> int:
+        return int(self._chain.get_vm().state.get_nonce(as_address(address)))
+
+    def code(self, address: str | bytes) -> bytes:
+        return bytes(self._chain.get_vm().state.get_code(as_address(address)))
+
+    def storage(self, address: str | bytes, slot: int) -> int:
+        return int(self._chain.get_vm().state.get_storage(as_address(address), slot))
+
+    def call(
+        self,
+        to: str | bytes,
+        data: bytes,
+        *,
+        sender: str | bytes = ZERO_ADDRESS,
+        value: int = 0,
+        gas: int = CALL_GAS,
+    ) -> bytes:
+        """Execute a read-only call against the head state (like ``eth_call``)."""
+        vm = self._chain.get_vm()
+        utx = vm.create_unsigned_transaction(
+            nonce=vm.state.get_nonce(as_address(sender)),
+            gas_price=0,
+            gas=gas,
+            to=as_address(to),
+            value=value,
+            data=data,
+        )
+        try:
+            return self._chain.get_transaction_result(
+                SpoofTransaction(utx, from_=as_address(sender)), self._chain.get_canonical_head()
+            )
+        except ValidationError:
+            raise
+        except Exception as exc:
+            raise ContractReverted(self._reason(exc)) from None
+
+    @staticmethod
+    def _reason(error: Exception | None) -> str:
+        if error is None:
+            return "unknown error"
+        args = getattr(error, "args", ())
+        if type(error).__name__ == "Revert" and args and isinstance(args[0], bytes):
+            return decode_revert(args[0])
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+    def transaction(self, tx_hash: bytes) -> SignedTransactionAPI:
+        try:
+            block_number, index = self._chain.get_canonical_transaction_index(tx_hash)
+        except (TransactionNotFound, KeyError):
+            raise NotFound(f"no transaction 0x{tx_hash.hex()} in the local chain") from None
+        return self.block(block_number).transactions[index]
+
+    def receipt(self, tx_hash: bytes) -> Receipt:
+        try:
+            block_number, index = self._chain.get_canonical_transaction_index(tx_hash)
+        except (TransactionNotFound, KeyError):
+            raise NotFound(f"no receipt for 0x{tx_hash.hex()} in the local chain") from None
+        block = self.block(block_number)
+        return self._receipts_of(block)[index]
+
+    def _receipts_of(self, block: BlockAPI) -> list[Receipt]:
+        out = []
+        previous = 0
+        first_log = 0
+        for index, (tx, receipt) in enumerate(
+            zip(block.transactions, block.get_receipts(self._chain.chaindb), strict=True)
+        ):
+            logs = _logs_of(receipt, int(block.number), tx.hash, index, first_log)
+            first_log += len(logs)
+            out.append(
+                Receipt(
+                    tx_hash=tx.hash,
+                    block_number=int(block.number),
+                    block_hash=block.hash,
+                    tx_index=index,
+                    sender=to_checksum_address(tx.sender),
+                    to=to_checksum_address(tx.to) if tx.to else None,
+                    success=receipt.state_root == b"\x01",
+                    gas_used=receipt.gas_used - previous,
+                    cumulative_gas_used=receipt.gas_used,
+                    logs=logs,
+                )
+            )
+            previous = receipt.gas_used
+        return out
+
+    def receipts(self, number: int) -> list[Receipt]:
+        return self._receipts_of(self.block(number))
+
+    def logs(
+        self,
+        from_block: int = 0,
+        to_block: int | None = None,
+        *,
+        address: str | bytes | None = None,
+        topics: Sequence[bytes | None] = (),
+    ) -> Iterator[Log]:
+        """Logs in a block range, filtered by emitter and by topic position (None = any)."""
+        last = self.head().number if to_block is None else min(to_block, self.head().number)
+        want = as_address(address) if address is not None else None
+        for number in range(max(0, from_block), last + 1):
+            block = self.block(number)
+            if not block.transactions:
+                continue
+            for receipt in self._receipts_of(block):
+                for log in receipt.logs:
+                    if want is not None and log.address != want:
+                        continue
+                    if any(
+                        t is not None and (i >= len(log.topics) or log.topics[i] != t)
+                        for i, t in enumerate(topics)
+                    ):
+                        continue
+                    yield log
