@@ -14,6 +14,7 @@ import click
 from flnode import __version__
 
 from .cid import cid_command
+from .console import console_command
 from .init import init_command
 from .keys import keys_group
 from .simulate import simulate_command
@@ -37,6 +38,7 @@ cli.add_command(keys_group)
 cli.add_command(cid_command)
 cli.add_command(start_command)
 cli.add_command(simulate_command)
+cli.add_command(console_command)
 
 
 def _fail(message: str, code: int) -> int:

@@ -223,7 +223,7 @@ def validate_params(method: RpcMethod, raw: dict[str, Any] | list[Any]) -> Any:
             elif err["type"] == "missing":
                 problems.append(f"missing parameter {where!r}")
             else:
-                problems.append(f"{where}: {err['msg']}")
+                problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         raise RpcError(
             INVALID_PARAMS,
             f"invalid params for {method.name}: {'; '.join(problems)}",
