@@ -80,6 +80,7 @@ class DpSimulationResult:
     update_bytes: int
     final_model_cid: str
     n_parameters: int
+    update_keys: tuple[str, ...]
 
     @property
     def final_accuracy(self) -> float:
@@ -253,6 +254,7 @@ def run_dp_simulation(
     full_specs = spec.weight_specs("full")
     records: list[DpRound] = []
     update_bytes = 0
+    update_keys: tuple[str, ...] = ()
     final_cid = ""
     for rnd in range(1, cfg.rounds + 1):
         stage(f"round {rnd}/{cfg.rounds}")
@@ -284,6 +286,7 @@ def run_dp_simulation(
             blob = weights_to_bytes(weights)
             update_bytes = max(update_bytes, len(blob))
             checked = weights_from_bytes(blob, expected=full_specs)
+            update_keys = tuple(sorted(checked))
             updates.append(Update(str(Cid.from_data(blob)), f"device-{i}", checked, len(idx)))
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -319,6 +322,7 @@ def run_dp_simulation(
         update_bytes=update_bytes,
         final_model_cid=final_cid,
         n_parameters=sum(p.numel() for p in model.parameters()),
+        update_keys=update_keys,
     )
 
 

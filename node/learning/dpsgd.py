@@ -104,13 +104,24 @@ def plan_noise_multiplier(
     return calibrate_noise_multiplier(prior, sample_rate=q, steps=steps, budget=budget)
 
 
+_OPACUS_KNOWN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def check_dp_trainable(module: nn.Module) -> None:
     """Raise :class:`DpSgdError` naming every layer Opacus cannot train with DP-SGD."""
     from opacus.validators import ModuleValidator
 
-    errors = ModuleValidator.validate(module, strict=False)
-    if errors:
-        problems = "; ".join(sorted({str(e) for e in errors}))
+    problems_found = {str(e) for e in ModuleValidator.validate(module, strict=False)}
+    # Opacus' validator matches the exact BatchNorm classes; subclasses (flnode's clamping norms)
+    # mix samples of a batch just the same, so they are refused here by inheritance.
+    problems_found |= {
+        f"BatchNorm cannot support training with differential privacy ({name}: {type(m).__name__})"
+        for name, m in module.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and type(m) not in _OPACUS_KNOWN_BATCHNORMS
+    }
+    if problems_found:
+        problems = "; ".join(sorted(problems_found))
         raise DpSgdError(
             f"this model cannot be trained with DP-SGD: {problems}. Use an architecture without "
             "BatchNorm in the trained parts (e.g. 'dp-cnn' with norm 'none' or 'groupnorm')"
@@ -174,11 +185,11 @@ class DpSgdTrainer:
             momentum=settings.momentum,
         )
         model.train()
-        self._engine = PrivacyEngine(accountant="rdp")
         with warnings.catch_warnings():
             # Opacus warns that secure_mode is off: its noise then comes from torch's PRNG, as
-            # every other noise in flnode's simulations does; documented in ARCHITECTURE.md.
+            # every other noise in flnode does; documented in ARCHITECTURE.md.
             warnings.simplefilter("ignore", UserWarning)
+            self._engine = PrivacyEngine(accountant="rdp")
             noise_gen = torch.Generator().manual_seed(seed + 1) if seed is not None else None
             self._module, self._optimizer, self._loader = self._engine.make_private(
                 module=model,

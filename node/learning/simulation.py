@@ -208,7 +208,7 @@ PRESETS["dpsgd-extractor"] = {  # type: ignore[index]
     "bounding": "l2",
     "feature_share": 0.3,
     "head_epochs": 2,
-    "head_lr": 1e-2,
+    "head_lr": 1e-3,
     "batch_size": 64,
 }
 
@@ -257,6 +257,8 @@ class SimulationResult:
     extract_s_per_1000: float
     update_bytes: int
     final_head_cid: str
+    update_keys: tuple[str, ...] = ()
+    """The state-dict keys a device uploads (head only: the extractor is frozen and public)."""
 
     @property
     def final(self) -> Accuracy:
@@ -568,6 +570,7 @@ def run_simulation(
     head_specs = spec.weight_specs("head")
     records: list[RoundRecord] = []
     update_bytes = 0
+    update_keys: tuple[str, ...] = ()
     attackers = {f"device-{i}" for i in range(cfg.n_attackers)}
     final_cid = ""
     for rnd in range(1, cfg.rounds + 1):
@@ -595,6 +598,7 @@ def run_simulation(
             update_bytes = max(update_bytes, len(blob))
             # What a miner does with a received update: parse and check it against the spec.
             checked = weights_from_bytes(blob, expected=head_specs)
+            update_keys = tuple(sorted(checked))
             cid = str(Cid.from_data(blob))
             if any(u.cid == cid for u in updates):
                 # Identical bytes from two senders (e.g. two free riders resubmitting the global
@@ -649,6 +653,7 @@ def run_simulation(
         extract_s_per_1000=prepared.extract_s_per_1000,
         update_bytes=update_bytes,
         final_head_cid=final_cid,
+        update_keys=update_keys,
     )
 
 

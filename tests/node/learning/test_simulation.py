@@ -45,6 +45,8 @@ def test_federation_trains_and_reports_both_accuracies(prepared: Prepared) -> No
     assert "per sample" in result.privacy_label
     assert result.final_head_cid.startswith("bafkrei")
     assert 0 < result.update_bytes < 256 * 1024  # head-only updates fit inline in gossip
+    # The frozen mode uploads the head only: no weight trained on raw private data leaves.
+    assert result.update_keys and all(k.startswith("head.") for k in result.update_keys)
 
 
 def test_runs_are_deterministic_with_fixed_seeds(prepared: Prepared) -> None:
@@ -81,6 +83,17 @@ def test_prepared_must_match_the_config(prepared: Prepared) -> None:
         ({"attack": "bribe"}, "unknown attack"),
         ({"attack_fraction": 1.0}, "attack_fraction"),
         ({"mechanism": "gaussian", "delta": None}, "delta"),
+        ({"mode": "dp-everything"}, "unknown mode"),
+        ({"mode": "dpsgd-full", "delta": None}, "needs a finite epsilon and a delta"),
+        ({"mode": "dpsgd-full", "delta": 1e-5, "epsilon": None}, "needs a finite epsilon"),
+        ({"mode": "dpsgd-full", "delta": 1e-5, "dp_clip": 0.0}, "max_grad_norm must be"),
+        ({"mode": "dpsgd-full", "delta": 1e-5, "dp_momentum": 1.5}, "momentum must be"),
+        ({"mode": "dpsgd-full", "delta": 1e-5, "dp_batch_size": 0}, "batch_size must be"),
+        ({"mode": "dpsgd-extractor", "delta": 1e-5, "feature_share": 1.0}, "feature_share"),
+        (
+            {"mode": "dpsgd-full", "delta": 1e-5, "accounting": "per-feature"},
+            "per sample only",
+        ),
     ],
 )
 def test_bad_config_is_refused(change: dict[str, object], message: str) -> None:
