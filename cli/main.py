@@ -13,10 +13,13 @@ import click
 
 from flnode import __version__
 
+from .chain import chain_group
 from .cid import cid_command
 from .console import console_command
+from .devnet import devnet_group
 from .init import init_command
 from .keys import keys_group
+from .network import network_group
 from .simulate import simulate_command
 from .start import start_command
 
@@ -38,7 +41,10 @@ cli.add_command(keys_group)
 cli.add_command(cid_command)
 cli.add_command(start_command)
 cli.add_command(simulate_command)
+cli.add_command(network_group)
+cli.add_command(chain_group)
 cli.add_command(console_command)
+cli.add_command(devnet_group)
 
 
 def _fail(message: str, code: int) -> int:

@@ -1,0 +1,180 @@
+"""A devnet on disk: the network file, one data dir per node, logs and pid files.
+
+::
+
+    <dir>/devnet.json        the network file: layout, and per node its data dir, ports, peer id
+    <dir>/nodes/<name>/      the node's data dir (config.toml written by the devnet, node.key, ...)
+    <dir>/logs/<name>.log    the node's stderr+stdout (JSON log lines), appended across restarts
+    <dir>/run/<name>.pid     the pid of the node's current process
+
+Ports (p2p, API, metrics) are chosen once, when the devnet is created, and written into each
+node's ``config.toml``: a restarted node comes back on the same addresses, so its peers' books
+stay right. Every node bootstraps to the first two nodes (the seeds); peer exchange does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..datadir import init_datadir
+from ..fsutil import write_file_atomically
+from .errors import DevnetError
+from .layout import Layout
+
+NETWORK_FILE = "devnet.json"
+FORMAT = 1
+SEEDS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class DevnetNode:
+    """One node of a devnet, as written in the network file."""
+
+    name: str
+    roles: tuple[str, ...]
+    peer_id: str
+    address: str
+    p2p_port: int
+    api_port: int
+    metrics_port: int
+
+    @property
+    def p2p_addr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
+
+    @property
+    def api_url(self) -> str:
+        return f"ws://127.0.0.1:{self.api_port}/"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A devnet directory and what its network file says."""
+
+    dir: Path
+    layout: Layout
+    nodes: tuple[DevnetNode, ...]
+    created_at: float
+
+    def datadir(self, name: str) -> Path:
+        return self.dir / "nodes" / name
+
+    def log_file(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def pid_file(self, name: str) -> Path:
+        return self.dir / "run" / f"{name}.pid"
+
+    def node(self, name: str) -> DevnetNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise DevnetError(
+            f"no node {name!r} in the devnet at {self.dir}; nodes: "
+            + ", ".join(n.name for n in self.nodes)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "created_at": self.created_at,
+            "layout": self.layout.to_json(),
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+
+
+def network_exists(directory: Path) -> bool:
+    return (directory / NETWORK_FILE).exists()
+
+
+def load_network(directory: Path) -> Network:
+    path = directory / NETWORK_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DevnetError(
+            f"no devnet in {directory} ({NETWORK_FILE} is missing); create one with "
+            f"`flnode devnet up --dir {directory} --miners N --devices N`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DevnetError(f"cannot read {path}: {exc}") from None
+    if data.get("format") != FORMAT:
+        raise DevnetError(f"{path} has format {data.get('format')!r}; this flnode reads {FORMAT}")
+    nodes = tuple(DevnetNode(**{**n, "roles": tuple(n["roles"])}) for n in data["nodes"])
+    return Network(directory, Layout.model_validate(data["layout"]), nodes, data["created_at"])
+
+
+def create_network(directory: Path, layout: Layout) -> Network:
+    """Make the data dirs, pick ports, write every config.toml and the network file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for sub in ("nodes", "logs", "run"):
+        (directory / sub).mkdir(exist_ok=True)
+    ports = _free_ports(3 * len(layout.nodes))
+    nodes = []
+    for i, spec in enumerate(layout.nodes):
+        result = init_datadir(directory / "nodes" / spec.name)
+        nodes.append(
+            DevnetNode(
+                name=spec.name,
+                roles=tuple(spec.roles),
+                peer_id=result.identity.peer_id,
+                address=result.identity.address,
+                p2p_port=ports[3 * i],
+                api_port=ports[3 * i + 1],
+                metrics_port=ports[3 * i + 2],
+            )
+        )
+    network = Network(directory, layout, tuple(nodes), time.time())
+    for node in nodes:
+        _write_config(network, node)
+    write_file_atomically(
+        directory / NETWORK_FILE,
+        (json.dumps(network.to_json(), indent=2) + "\n").encode("utf-8"),
+    )
+    return network
+
+
+def _write_config(network: Network, node: DevnetNode) -> None:
+    seeds = [n.p2p_addr for n in network.nodes[:SEEDS] if n.name != node.name]
+    config: dict[str, dict[str, Any]] = {
+        section: dict(values) for section, values in network.layout.config.items()
+    }
+    config.setdefault("node", {}).update(
+        {"roles": list(node.roles), "network_id": network.layout.network_id}
+    )
+    config.setdefault("log", {}).setdefault("format", "json")
+    p2p = config.setdefault("p2p", {})
+    p2p.update({"listen": [f"/ip4/127.0.0.1/tcp/{node.p2p_port}"], "bootstrap": seeds})
+    p2p.setdefault("peer_exchange_interval_s", 2.0)
+    p2p.setdefault("reconnect_max_backoff_s", 5.0)
+    config.setdefault("api", {}).update({"enabled": True, "port": node.api_port})
+    config.setdefault("metrics", {}).update({"enabled": True, "port": node.metrics_port})
+    header = f"# Written by `flnode devnet` for node {node.name}; edit the layout instead.\n"
+    (network.datadir(node.name) / "config.toml").write_text(
+        header + tomli_w.dumps(config), encoding="utf-8"
+    )
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (all held open until all are chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
