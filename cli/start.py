@@ -62,6 +62,13 @@ def _parse_roles(
 @click.option("--mdns/--no-mdns", default=None, help="Discover peers on the LAN with mDNS.")
 @click.option("--network-id", default=None, help="Network name (default: node.network_id).")
 @click.option(
+    "--network",
+    "network_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Network file (from `flnode network new`): run the ledger; also sets the network id.",
+)
+@click.option(
     "--api-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -89,6 +96,7 @@ def start_command(
     bootstrap: tuple[str, ...],
     mdns: bool | None,
     network_id: str | None,
+    network_file: Path | None,
     api_port: int | None,
     metrics_port: int | None,
     config_file: Path | None,
@@ -108,12 +116,17 @@ def start_command(
 
     dd = DataDir(datadir)
     dd.check_initialised()
+    if network_file is not None and network_id is None:
+        from flnode.consensus.network import load_network
+
+        network_id = load_network(network_file).network_id
     config = load_config(
         datadir,
         config_file=config_file,
         overrides={
             "node.roles": roles,
             "node.network_id": network_id,
+            "chain.network_file": str(network_file.resolve()) if network_file else None,
             "log.level": log_level,
             "log.format": log_format,
             "p2p.listen": listen or None,

@@ -205,6 +205,28 @@ class MetricsSection(_ListenSection):
     enabled: bool = Field(True, description="Serve Prometheus metrics.")
 
 
+class ChainSection(_Section):
+    """[chain]: the embedded ledger (py-evm chain in <datadir>/chain.sqlite)."""
+
+    network_file: str = Field(
+        "",
+        description="Network file (from `flnode network new`); empty = run without a ledger. "
+        "Relative paths are relative to the data dir.",
+    )
+    mempool_max_txs: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most transactions waiting in the mempool."
+    )
+    max_tx_size: int = Field(
+        128 * 1024, ge=1024, le=2**24, description="Largest transaction accepted (bytes)."
+    )
+    dev_mine_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seal pending transactions into a block this often, as the only proposer "
+        "(development chains without consensus; 0 = never).",
+    )
+
+
 class NodeConfig(_Section):
     """The whole configuration of one node."""
 
@@ -214,6 +236,7 @@ class NodeConfig(_Section):
     p2p: P2PSection = P2PSection()
     api: ApiSection = ApiSection()
     metrics: MetricsSection = MetricsSection()
+    chain: ChainSection = ChainSection()
 
 
 def load_config(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -22,6 +23,7 @@ from .cid import Cid
 from .config import NodeConfig
 from .controlplane import control_plane_services, peer_event_publisher
 from .datadir import DataDir
+from .errors import ConfigError
 from .events import EventBus
 from .identity import NodeIdentity
 from .log import get_logger
@@ -29,6 +31,9 @@ from .p2p.service import P2PService
 from .service import LoopMonitor, Service
 from .storage import BlobNotFoundError, CorruptBlobError
 from .storage.service import BlobStoreService
+
+if TYPE_CHECKING:
+    from .consensus.service import ChainService
 
 
 def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -> list[Service]:
@@ -59,7 +64,41 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
     control = control_plane_services(
         config, datadir, identity, bus=bus, monitor=monitor, blobs=blobs, p2p=p2p
     )
-    return [monitor, blobs, p2p, *control]
+    chain = chain_service_for(config, datadir, identity)
+    return [monitor, blobs, p2p, *([chain] if chain is not None else []), *control]
+
+
+def chain_service_for(
+    config: NodeConfig, datadir: DataDir, identity: NodeIdentity
+) -> ChainService | None:
+    """The ledger service when ``chain.network_file`` is set: the chain on ``<datadir>/chain.sqlite``.
+
+    The network file is verified (its genesis recomputed) and a copy kept in the data dir; the
+    SQLite database comes from ``flnode.storage`` and is handed to the consensus layer as a factory.
+    """
+    if not config.chain.network_file:
+        return None
+    from .consensus.network import load_network
+    from .consensus.service import CHAIN_DB_FILE, ChainService, adopt_network
+    from .storage.chaindb import SqliteAtomicDB
+
+    path = Path(config.chain.network_file)
+    spec = load_network(path if path.is_absolute() else datadir.path / path)
+    if spec.network_id != config.node.network_id:
+        raise ConfigError(
+            f"node.network_id is {config.node.network_id!r} but the network file is for "
+            f"{spec.network_id!r}; set node.network_id = {spec.network_id!r} (or omit --network-id)"
+        )
+    adopt_network(datadir.path, spec)
+    return ChainService(
+        spec,
+        lambda: SqliteAtomicDB(datadir.path / CHAIN_DB_FILE),
+        identity,
+        mempool_max_txs=config.chain.mempool_max_txs,
+        max_tx_size=config.chain.max_tx_size,
+        dev_mine_interval_s=config.chain.dev_mine_interval_s,
+        on_close=lambda db: db.close(),  # type: ignore[attr-defined]
+    )
 
 
 @dataclass(slots=True)
