@@ -40,10 +40,11 @@ from .dpsgd import DpSgdSettings, DpSgdTrainer, plan_noise_multiplier
 from .ledger import PrivacyLedger
 from .mechanisms import noise_generator
 from .models import ModelSpec, SplitModel, build_model
+from .offload import release_for_offload, train_head_job
 from .partition import partition_indices
 from .privacy import FeatureRelease
 from .serialization import weights_from_bytes, weights_to_bytes
-from .training import RandomShift, evaluate, pretrain, set_threads, train_head
+from .training import RandomShift, evaluate, pretrain, set_threads
 
 StageCallback = Callable[[str], None]
 
@@ -339,34 +340,23 @@ def _release_and_train_head(
     *,
     seed: int,
 ) -> dict[str, Tensor]:
-    """Step (1) of ``dpsgd-extractor``: charge and release the noisy features of this round's
-    global extractor, then train the head on them (what an edge node would do)."""
+    """Step (1) of ``dpsgd-extractor``: the device releases the noisy features of this round's
+    global extractor (charged), and the head is trained on them as an edge node would."""
     model = build_model(spec)
     model.load_state_dict(global_state)
     with torch.no_grad():
         raw = model.extractor.eval()(images)
-    cost = release.cost
-    ledger.charge(
-        kind="features",
-        mechanism=release.mechanism_label,
-        epsilon=cost.epsilon,
-        delta=cost.delta,
+    job = release_for_offload(
+        ledger=ledger,
+        release=release,
+        raw_features=raw,
+        labels=labels,
+        head_state={k: v for k, v in global_state.items() if k.startswith("head.")},
         extractor_version=version,
-        n_samples=len(images),
-        note=release.label,
-        curve=release.curve,
-    )
-    noisy = release.apply(raw, generator).float()
-    train_head(
-        model.head,
-        noisy,
-        labels,
+        generator=generator,
         epochs=cfg.head_epochs,  # type: ignore[attr-defined]
         lr=cfg.head_lr,  # type: ignore[attr-defined]
         batch_size=cfg.batch_size,  # type: ignore[attr-defined]
         seed=seed,
-        threads=None,
     )
-    if not all(bool(torch.isfinite(p).all()) for p in model.head.parameters()):
-        raise ArithmeticError("head training on noisy features diverged")
-    return {f"head.{k}": v.detach().clone() for k, v in model.head.state_dict().items()}
+    return train_head_job(spec, job)
