@@ -61,7 +61,8 @@ class TaskInfo:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    cid: Cid | None
+    """A device's submission in one round, as the contract stores it (the CID is in the event)."""
+
     n_samples: int
     status: str  # none, pending, accepted, rejected
 
@@ -218,8 +219,8 @@ class LedgerContract:
         return tuple(self.view(call, "getCommittee", task))
 
     def submission(self, call: Caller, task: int, round_: int, device: str | bytes) -> Submission:
-        cid, n, status = self.view(call, "submissions", task, round_, _addr(device))
-        return Submission(Cid(cid) if n else None, n, _STATUS.get(status, str(status)))
+        word = int(self.view(call, "submissions", task, round_, _addr(device)))
+        return Submission(word >> 8, _STATUS.get(word & 0xFF, str(word & 0xFF)))
 
     def reputation(self, call: Caller, device: str | bytes) -> float:
         """The device's score in [0, 1] (0.5 for a device never judged)."""

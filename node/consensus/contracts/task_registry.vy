@@ -54,9 +54,9 @@ COMMITTEE_BPS: constant(uint256) = 1000  # 10 % shared by the committee
 DEVICE_BPS: constant(uint256) = 8000  # 80 % to the accepted devices
 
 # Submission status
-PENDING: constant(uint8) = 1
-ACCEPTED: constant(uint8) = 2
-REJECTED: constant(uint8) = 3
+PENDING: constant(uint256) = 1
+ACCEPTED: constant(uint256) = 2
+REJECTED: constant(uint256) = 3
 
 
 struct Task:
@@ -74,18 +74,15 @@ struct Task:
     closed: bool
 
 
-struct Submission:
-    cid: bytes32
-    n_samples: uint256
-    status: uint8
-
-
 task_count: public(uint256)
 tasks: public(HashMap[uint256, Task])
 committee: public(HashMap[uint256, DynArray[address, MAX_COMMITTEE]])
 in_committee: public(HashMap[uint256, HashMap[address, bool]])
 joined: public(HashMap[uint256, HashMap[address, bool]])
-submissions: public(HashMap[uint256, HashMap[uint256, HashMap[address, Submission]]])
+# One storage word per submission: n_samples << 8 | status. The update's CID is not kept in state:
+# it is in the UpdateSubmitted event (and the transaction), which is all a miner or auditor needs,
+# and every extra word written costs ~20k gas and, above all, a state-trie write per device.
+submissions: public(HashMap[uint256, HashMap[uint256, HashMap[address, uint256]]])
 total_deposits: public(uint256)
 idle_close_blocks: public(uint256)  # set in the genesis state from the network file
 
@@ -202,10 +199,10 @@ def submitUpdate(task: uint256, round: uint256, cid: bytes32, n_samples: uint256
     self._open_task(task)
     assert self.joined[task][msg.sender], "join the task first"
     assert round == self.tasks[task].round, "wrong round"
-    assert self.submissions[task][round][msg.sender].status == 0, "already submitted in this round"
+    assert self.submissions[task][round][msg.sender] == 0, "already submitted in this round"
     assert n_samples > 0 and n_samples <= MAX_SAMPLES, "n_samples must be 1..2**32"
     assert self.tasks[task].submitted < self.tasks[task].updates_per_round, "this round is full"
-    self.submissions[task][round][msg.sender] = Submission(cid=cid, n_samples=n_samples, status=PENDING)
+    self.submissions[task][round][msg.sender] = (n_samples << 8) | PENDING
     self.tasks[task].submitted += 1
     log UpdateSubmitted(task=task, round=round, device=msg.sender, cid=cid, n_samples=n_samples)
 
@@ -230,16 +227,18 @@ def commitRound(
     total_weight: uint256 = 0
     for i: uint256 in range(len(accepted), bound=MAX_UPDATES):
         device: address = accepted[i]
-        assert self.submissions[task][round][device].status == PENDING, "accepted device has no pending submission"
+        record: uint256 = self.submissions[task][round][device]
+        assert record & 255 == PENDING, "accepted device has no pending submission"
         assert scores[i] <= SCALE, "a score is at most 10**6"
-        self.submissions[task][round][device].status = ACCEPTED
+        self.submissions[task][round][device] = record ^ PENDING ^ ACCEPTED
         rep: uint256 = reputation._record(device, True)
-        w: uint256 = rep * self.submissions[task][round][device].n_samples * scores[i] // SCALE
+        w: uint256 = rep * (record >> 8) * scores[i] // SCALE
         weights.append(w)
         total_weight += w
     for device: address in rejected:
-        assert self.submissions[task][round][device].status == PENDING, "rejected device has no pending submission"
-        self.submissions[task][round][device].status = REJECTED
+        record: uint256 = self.submissions[task][round][device]
+        assert record & 255 == PENDING, "rejected device has no pending submission"
+        self.submissions[task][round][device] = record ^ PENDING ^ REJECTED
         reputation._record(device, False)
 
     pot: uint256 = self.tasks[task].reward_per_round
