@@ -30,6 +30,7 @@ from .storage.service import BlobStoreService
 PEER_JOINED = "peer_joined"
 PEER_LEFT = "peer_left"
 _CONNECT_SETTLE_S = 1.0
+_ADDRS_TTL_S = 5.0
 
 
 def peer_event_publisher(bus: EventBus) -> Any:
@@ -51,18 +52,28 @@ class P2PNodeInfo:
         self.identity = identity
         self.p2p = p2p
         self.started_at = time.time()
-
-    def info(self) -> Mapping[str, Any]:
-        return {
-            "peer_id": self.identity.peer_id,
-            "address": self.identity.address,
-            "roles": list(self.config.node.roles),
-            "network_id": self.config.node.network_id,
+        # The identity's properties re-derive the key each time (~0.1 ms) and libp2p rebuilds
+        # multiaddrs on every get_addrs(); node_info is called often, so compute them rarely.
+        self._static = {
+            "peer_id": identity.peer_id,
+            "address": identity.address,
+            "roles": list(config.node.roles),
+            "network_id": config.node.network_id,
             "version": __version__,
             "pid": os.getpid(),
             "started_at": self.started_at,
+        }
+        self._addrs: list[str] = []
+        self._addrs_at = -1.0
+
+    def info(self) -> Mapping[str, Any]:
+        now = time.monotonic()
+        if now - self._addrs_at > _ADDRS_TTL_S or not self._addrs:
+            self._addrs, self._addrs_at = self.p2p.addrs, now
+        return {
+            **self._static,
             "uptime_s": round(time.time() - self.started_at, 3),
-            "p2p_addrs": self.p2p.addrs,
+            "p2p_addrs": list(self._addrs),
         }
 
     def peers(self) -> Sequence[PeerView]:
