@@ -196,14 +196,19 @@ def joinTask(task: uint256):
 
 @external
 def submitUpdate(task: uint256, round: uint256, cid: bytes32, n_samples: uint256):
-    self._open_task(task)
+    # Every field is read once (py-evm runs SLOADs slowly, and this is the busiest call).
+    # Having joined implies that the task exists.
     assert self.joined[task][msg.sender], "join the task first"
-    assert round == self.tasks[task].round, "wrong round"
+    assert not self.tasks[task].closed, "task is closed"
+    current: uint256 = self.tasks[task].round
+    assert current < self.tasks[task].rounds, "task has finished all its rounds"
+    assert round == current, "wrong round"
     assert self.submissions[task][round][msg.sender] == 0, "already submitted in this round"
     assert n_samples > 0 and n_samples <= MAX_SAMPLES, "n_samples must be 1..2**32"
-    assert self.tasks[task].submitted < self.tasks[task].updates_per_round, "this round is full"
+    submitted: uint256 = self.tasks[task].submitted
+    assert submitted < self.tasks[task].updates_per_round, "this round is full"
     self.submissions[task][round][msg.sender] = (n_samples << 8) | PENDING
-    self.tasks[task].submitted += 1
+    self.tasks[task].submitted = submitted + 1
     log UpdateSubmitted(task=task, round=round, device=msg.sender, cid=cid, n_samples=n_samples)
 
 
