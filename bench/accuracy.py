@@ -51,6 +51,7 @@ PARTITIONS = ("iid", "dirichlet")
 def record(result: SimulationResult) -> dict[str, Any]:
     cfg = result.config
     return {
+        "mode": cfg.mode,
         "mechanism": cfg.mechanism if cfg.epsilon is not None else "none",
         "accounting": cfg.accounting,
         "epsilon": cfg.epsilon,

@@ -281,6 +281,20 @@ class PrivacyLedger:
     def _fits(self, charge: Charge) -> bool:
         return _within(self.would_spend(charge), self._budget)
 
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready view for people and the node API: budget, spent, remaining, entries."""
+        total = self.account()
+        return {
+            "task_id": self.task_id,
+            "device_id": self.device_id,
+            "budget": asdict(self._budget),
+            "spent": asdict(total.spent),
+            "remaining": asdict(_remaining(total.spent, self._budget)),
+            "composition": total.rule,
+            "basic_sum": asdict(total.basic),
+            "entries": [asdict(e) for e in self.entries],
+        }
+
     # -- writing -----------------------------------------------------------------------------
 
     def charge(

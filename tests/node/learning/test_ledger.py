@@ -265,3 +265,62 @@ def test_eps_delta_validation() -> None:
             EpsDelta(*bad)
     with pytest.raises(ValueError, match="positive epsilon"):
         PrivacyLedger.in_memory(task_id="t", device_id="d", budget=(0.0, 0.0))
+
+
+def test_curves_persist_and_the_summary_reports_the_rdp_total(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from flnode.learning.accountant import GaussianCurve
+
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger.open(path, task_id="t", device_id="d", budget=(5.0, 1e-5))
+    for i in range(10):
+        ledger.charge(
+            kind="features",
+            mechanism="gaussian+l2",
+            epsilon=1.0,
+            delta=1e-7,
+            extractor_version=f"v{i}",
+            n_samples=10,
+            curve=GaussianCurve(4.0),
+        )
+    reopened = PrivacyLedger.open(path, task_id="t", device_id="d")
+    summary = reopened.summary()
+    assert summary["composition"] == "rdp"
+    # Ten releases that basic composition would count as ε = 10 compose to well under 5.
+    assert summary["basic_sum"]["epsilon"] == 10.0
+    assert summary["spent"]["epsilon"] == ledger.spent().epsilon < 5.0
+    assert summary["remaining"]["epsilon"] == 5.0 - summary["spent"]["epsilon"]
+    assert [e["curve"] for e in summary["entries"]] == [GaussianCurve(4.0).to_dict()] * 10
+
+
+def test_a_version_1_ledger_is_read_and_rewritten_as_version_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "ledger.json"
+    entry = {
+        "release_id": "r1",
+        "kind": "features",
+        "mechanism": "laplace+l1",
+        "epsilon": 2.0,
+        "delta": 0.0,
+        "extractor_version": "v1",
+        "n_samples": 5,
+        "timestamp": 1.0,
+        "note": "",
+    }
+    doc = {
+        "format": "flnode-privacy-ledger",
+        "version": 1,
+        "task_id": "t",
+        "device_id": "d",
+        "composition": "basic",
+        "budget": {"epsilon": 5.0, "delta": 0.0},
+        "entries": [entry],
+    }
+    path.write_text(json.dumps(doc))
+    ledger = PrivacyLedger.open(path, task_id="t", device_id="d")
+    assert ledger.spent() == EpsDelta(2.0, 0.0)
+    ledger.charge(
+        kind="features", mechanism="laplace+l1", epsilon=3.0, delta=0.0,
+        extractor_version="v1", n_samples=5,
+    )  # fmt: skip
+    rewritten = json.loads(path.read_text())
+    assert rewritten["version"] == 2 and rewritten["composition"] == "rdp+basic"
+    assert PrivacyLedger.open(path, task_id="t", device_id="d").spent() == EpsDelta(5.0, 0.0)
