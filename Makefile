@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 FLNODE := $(VENV)/bin/flnode
 RUN_DIR ?= .run/node0
 
-.PHONY: run test test-all lint bench-storage venv clean
+.PHONY: run test test-all lint bench-storage bench-chain contracts venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ lint: $(VENV)/.installed-dev
 
 bench-storage: $(VENV)/.installed
 	$(PY) -m bench.storage
+
+bench-chain: $(VENV)/.installed
+	$(PY) -m bench.chain
+
+# Recompile the Vyper ledger contract into node/consensus/contracts/ledger.json (checked in).
+contracts: $(VENV)/.installed
+	$(PY) -c "from flnode.consensus.artifact import main; main()"
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache
