@@ -49,6 +49,8 @@ from .network import NetworkSpec, chain_class
 ZERO_ADDRESS = b"\x00" * 20
 DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei tip
 CALL_GAS = 50_000_000
+# 30 M gas of calldata at 16 gas per byte is under 2 MB; anything much larger is hostile.
+MAX_BLOCK_SIZE = 4 * 2**20
 
 
 def as_address(value: str | bytes) -> bytes:
@@ -309,8 +311,13 @@ class Chain:
             timestamp = max(parent.timestamp + 1, int(time.time()))
         if timestamp <= parent.timestamp:
             raise BlockRejected(f"block timestamp {timestamp} is not after its parent's")
+        # A fixed gas limit: py-evm's default rule decays it by 1/1024 per block towards 5,000
+        # (its GENESIS_GAS_LIMIT), which would starve a quiet chain within a few thousand blocks.
         base = self._chain.create_header_from_parent(
-            parent, timestamp=timestamp, coinbase=as_address(coinbase)
+            parent,
+            timestamp=timestamp,
+            coinbase=as_address(coinbase),
+            gas_limit=self.spec.gas_limit,
         )
         vm = self._chain.get_vm(base)
         chosen = self._fit(vm, txs, base.gas_limit)
@@ -357,6 +364,10 @@ class Chain:
         return chosen
 
     def decode_block(self, raw: bytes) -> BlockAPI:
+        if len(raw) > MAX_BLOCK_SIZE:
+            raise BlockRejected(
+                f"a block of {len(raw)} bytes is over the limit of {MAX_BLOCK_SIZE} bytes"
+            )
         try:
             return rlp.decode(raw, sedes=PragueVM.get_block_class())
         except Exception as exc:  # rlp raises several types on malformed input

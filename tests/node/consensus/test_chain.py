@@ -111,6 +111,13 @@ def test_replica_reaches_the_same_state(spec: NetworkSpec, cast: Cast) -> None:
     assert b.balance(cast.outsider.address) == a.balance(cast.outsider.address)
 
 
+def test_gas_limit_stays_at_the_networks(spec: NetworkSpec, cast: Cast) -> None:
+    chain = Chain(spec, AtomicDB())
+    for t in range(1, 6):
+        head, _ = chain.mine([], coinbase=cast.miners[0].address, timestamp=1_700_000_000 + t)
+        assert head.gas_limit == spec.gas_limit
+
+
 def test_build_block_does_not_move_the_head(spec: NetworkSpec, cast: Cast) -> None:
     chain = Chain(spec, AtomicDB())
     tx = chain.sign_transaction(
@@ -143,6 +150,7 @@ def test_tampered_blocks_are_rejected_and_change_nothing(spec: NetworkSpec, cast
         _tamper(raw, parent_hash=b"\x02" * 32),
         raw[:-10],
         b"\xc0",
+        b"\x00" * (4 * 2**20 + 1),
     ]
     from eth.vm.forks import PragueVM
 
