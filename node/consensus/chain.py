@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rlp
-from eth.abc import BlockAPI, ReceiptAPI, SignedTransactionAPI
+from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI
 from eth.db.backends.base import BaseAtomicDB
 from eth.exceptions import (
     BlockNotFound,
@@ -198,6 +198,10 @@ class Chain:
     def chain_id(self) -> int:
         return self.spec.chain_id
 
+    def head_header(self) -> BlockHeaderAPI:
+        """The head's header alone (cheap: no transactions decoded)."""
+        return self._chain.get_canonical_head()
+
     def head(self) -> Head:
         header = self._chain.get_canonical_head()
         block = self._chain.get_canonical_block_by_number(header.block_number)
@@ -252,7 +256,7 @@ class Chain:
         if gas is None:
             gas = self.estimate_gas(sender, target, data, value)
         if max_fee_per_gas is None:
-            max_fee_per_gas = 2 * self.head().base_fee + max_priority_fee_per_gas
+            max_fee_per_gas = 2 * self.head_header().base_fee_per_gas + max_priority_fee_per_gas
         builder = self._chain.get_vm().get_transaction_builder()
         unsigned = builder.new_unsigned_dynamic_fee_transaction(
             chain_id=self.chain_id,
@@ -275,7 +279,7 @@ class Chain:
         utx = vm.create_unsigned_transaction(
             nonce=vm.state.get_nonce(sender),
             gas_price=0,
-            gas=self.head().gas_limit,
+            gas=self.head_header().gas_limit,
             to=to,
             value=value,
             data=data,
@@ -286,7 +290,7 @@ class Chain:
             used = self._chain.estimate_gas(SpoofTransaction(utx, from_=sender), at)
         except Exception as exc:  # py-evm raises the execution's error (e.g. Revert)
             raise ContractReverted(self._reason(exc)) from None
-        return min(self.head().gas_limit, used + used // 10 + 5_000)
+        return min(self.head_header().gas_limit, used + used // 10 + 5_000)
 
     def add_transaction(self, tx: bytes | SignedTransactionAPI) -> bytes:
         """Check a transaction and put it in the mempool; returns its hash. See :class:`Mempool`."""
@@ -320,7 +324,7 @@ class Chain:
             gas_limit=self.spec.gas_limit,
         )
         vm = self._chain.get_vm(base)
-        chosen = self._fit(vm, txs, base.gas_limit)
+        chosen = self._fit(vm, txs, base)
         try:
             header, receipts, computations = vm.apply_all_transactions(chosen, base)
             filled = vm.set_block_transactions_and_withdrawals(
@@ -345,9 +349,16 @@ class Chain:
         return BuiltBlock(block, tuple(outcomes))
 
     def _fit(
-        self, vm: Any, txs: Iterable[SignedTransactionAPI], gas_limit: int
+        self, vm: Any, txs: Iterable[SignedTransactionAPI], header: BlockHeaderAPI
     ) -> list[SignedTransactionAPI]:
+        """The transactions that can go into a block on ``header``, in order.
+
+        Skipped (left for later or for the mempool to drop): a nonce out of sequence, a max fee
+        below this block's base fee (it can rise 12.5 % a block past the head's), a sender who can
+        no longer pay the worst case of its transactions, and what no longer fits the block's gas.
+        """
         nonces: dict[bytes, int] = {}
+        spent: dict[bytes, int] = {}
         gas = 0
         chosen = []
         state = vm.state
@@ -356,9 +367,16 @@ class Chain:
             expected = nonces.get(sender)
             if expected is None:
                 expected = state.get_nonce(sender)
-            if tx.nonce != expected or gas + tx.gas > gas_limit:
+            cost = spent.get(sender, 0) + tx.value + tx.gas * tx.max_fee_per_gas
+            if (
+                tx.nonce != expected
+                or gas + tx.gas > header.gas_limit
+                or tx.max_fee_per_gas < header.base_fee_per_gas
+                or cost > state.get_balance(sender)
+            ):
                 continue
             nonces[sender] = expected + 1
+            spent[sender] = cost
             gas += tx.gas
             chosen.append(tx)
         return chosen

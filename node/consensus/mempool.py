@@ -89,7 +89,7 @@ class Mempool:
             ) from None
         if tx.hash in self._txs:
             raise TransactionRejected("known", f"0x{tx.hash.hex()} is already pending")
-        head = self._chain.head()
+        head = self._chain.head_header()
         intrinsic = tx.intrinsic_gas
         if tx.gas < intrinsic:
             raise TransactionRejected(
@@ -100,9 +100,10 @@ class Mempool:
                 "gas", f"gas {tx.gas} is above the block gas limit {head.gas_limit}"
             )
         max_fee = tx.max_fee_per_gas
-        if max_fee < head.base_fee:
+        if max_fee < head.base_fee_per_gas:
             raise TransactionRejected(
-                "fee-too-low", f"max fee per gas {max_fee} is below the base fee {head.base_fee}"
+                "fee-too-low",
+                f"max fee per gas {max_fee} is below the base fee {head.base_fee_per_gas}",
             )
         account_nonce = self._chain.nonce(sender)
         queued = self._by_sender.get(sender, [])

@@ -132,6 +132,24 @@ def test_build_block_does_not_move_the_head(spec: NetworkSpec, cast: Cast) -> No
     assert head.number == 1 and head.hash == built.hash and len(chain.mempool) == 0
 
 
+def test_build_block_skips_what_cannot_go_in(spec: NetworkSpec, cast: Cast) -> None:
+    chain = Chain(spec, AtomicDB())
+    d0, d1, d2 = (d.private_key for d in cast.devices[:3])
+    to = cast.outsider.address
+    good = chain.sign_transaction(d0, to=to, value=1, gas=21_000)
+    gap = chain.sign_transaction(d1, to=to, value=1, gas=21_000, nonce=3)
+    cheap = chain.sign_transaction(
+        d2, to=to, value=1, gas=21_000, max_fee_per_gas=7, max_priority_fee_per_gas=1
+    )
+    broke = chain.sign_transaction(d0, to=to, value=10**30, gas=21_000)  # nonce 1 after good
+    huge = chain.sign_transaction(d1, to=to, gas=spec.gas_limit - 21_000, nonce=0)
+    too_big = chain.sign_transaction(d2, to=to, gas=21_001, nonce=0)
+    built = chain.build_block(
+        [good, gap, cheap, broke, huge, huge, too_big], coinbase=cast.miners[0].address
+    )
+    assert [o.tx_hash for o in built.outcomes] == [good.hash, huge.hash]
+
+
 def _tamper(raw: bytes, **header_changes: object) -> bytes:
     from eth.vm.forks import PragueVM
 
