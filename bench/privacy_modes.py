@@ -1,8 +1,11 @@
 """Accuracy of the three privacy modes at the same per-sample budget, with small public slices.
 
-    python -m bench.privacy_modes            # the full grid (~30-60 min on 2 cores)
+    python -m bench.privacy_modes            # the grid (~30-60 min on 2 free cores)
     python -m bench.privacy_modes --quick    # capped shards, 2 rounds: a few minutes, not recorded
                                              # in accuracy.json
+
+Each finished run is saved at once under ``bench/results/privacy_modes/`` and a later invocation
+skips runs already saved (``--fresh`` starts over), so an interrupted grid resumes where it stopped.
 
 Each run is its own process on one torch thread (two run at a time with ``--jobs 2``), so the
 recorded ``s_per_round_per_device`` is the time of one device's round on one thread (the machine's
@@ -32,8 +35,9 @@ SOURCE = "bench.privacy_modes"
 
 
 def grid(quick: bool) -> list[dict[str, Any]]:
-    """The runs: every mode at ε = 10 with 500 and 2,000 public images; ε = 1 and 3 for the
-    DP-SGD modes at 500; one DP-SGD run from a deliberately weak (early-stopped) public model."""
+    """The runs, most important first: every mode at ε = 10 with 500 and 2,000 public images;
+    ε = 1 and 3 for the DP-SGD modes at 500; one DP-SGD run from a deliberately weak
+    (early-stopped) public model."""
     runs: list[dict[str, Any]] = []
     for public in (500, 2000):
         runs.append(
@@ -50,8 +54,9 @@ def grid(quick: bool) -> list[dict[str, Any]]:
         runs.append({"mode": "dpsgd-full", "public_size": public})
     for eps in (1.0, 3.0):
         runs.append({"mode": "dpsgd-full", "public_size": 500, "epsilon": eps})
-        runs.append({"mode": "dpsgd-extractor", "public_size": 500, "epsilon": eps})
     runs.append({"mode": "dpsgd-full", "public_size": 500, "pretrain_epochs": 5})
+    for eps in (1.0, 3.0):
+        runs.append({"mode": "dpsgd-extractor", "public_size": 500, "epsilon": eps})
     for run in runs:
         run.setdefault("epsilon", 10.0)
         run.update(n_devices=8, delta=DELTA, seed=0, threads=1)
@@ -127,7 +132,15 @@ def worker(overrides: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _run_worker(overrides: dict[str, Any]) -> dict[str, Any]:
+def run_key(overrides: dict[str, Any]) -> str:
+    """A file name for one run of the grid."""
+    return "_".join(f"{k}-{overrides[k]}" for k in sorted(overrides)).replace("/", "")
+
+
+def _run_worker(overrides: dict[str, Any], save_dir: Path) -> dict[str, Any]:
+    saved = save_dir / f"{run_key(overrides)}.json"
+    if saved.exists():
+        return json.loads(saved.read_text(encoding="utf-8"))
     out = subprocess.run(
         [sys.executable, "-m", "bench.privacy_modes", "--worker", json.dumps(overrides)],
         capture_output=True,
@@ -137,6 +150,9 @@ def _run_worker(overrides: dict[str, Any]) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(f"run {overrides} failed:\n{out.stderr[-3000:]}")
     record = json.loads(out.stdout.strip().splitlines()[-1])
+    record = {**record, **run_info()}
+    save_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(
         f"{record['mode']:>16} public {record['public_size']:>5} ε={record['epsilon']:<4g} "
         f"public-only {record['public_only_accuracy']:.2%} → {record['accuracy']:.2%} "
@@ -153,7 +169,7 @@ def merge_into_accuracy(records: list[dict[str, Any]]) -> Path:
     kept = [r for r in doc["records"] if r.get("source") != SOURCE]
     for r in kept:
         r.setdefault("mode", "frozen")  # bench.accuracy runs the frozen mode only
-    stamped = [{**r, "source": SOURCE, **run_info()} for r in records]
+    stamped = [{**r, "source": SOURCE} for r in records]
     doc["records"] = kept + stamped
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return path
@@ -163,15 +179,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="capped shards and 2 rounds")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--fresh", action="store_true", help="ignore runs saved earlier")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     runs = grid(args.quick)
-    print(f"{len(runs)} runs, {args.jobs} at a time", flush=True)
+    save_dir = RESULTS_DIR / ("privacy_modes_quick" if args.quick else "privacy_modes")
+    if args.fresh and save_dir.exists():
+        for old in save_dir.glob("*.json"):
+            old.unlink()
+    print(f"{len(runs)} runs, {args.jobs} at a time; saved runs in {save_dir}", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        records = list(pool.map(_run_worker, runs))
+        records = list(pool.map(lambda r: _run_worker(r, save_dir), runs))
     at_500 = [
         r
         for r in records
