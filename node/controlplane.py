@@ -24,6 +24,7 @@ from .events import EventBus
 from .identity import NodeIdentity
 from .metrics import MetricsService, Sample
 from .p2p.service import P2PService
+from .privacy_methods import privacy_provider
 from .service import LoopMonitor, Service
 from .storage.service import BlobStoreService
 
@@ -112,6 +113,7 @@ def control_plane_services(
     if config.api.enabled:
         api = ApiService(config.api, datadir.token_file, bus)
         api.add_provider(node_provider(P2PNodeInfo(config, identity, p2p)))
+        api.add_provider(privacy_provider(datadir.privacy_dir))
     if config.metrics.enabled:
         metrics = MetricsService(config.metrics)
         started = time.time()

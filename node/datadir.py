@@ -30,6 +30,7 @@ TOKEN_FILE = "api.token"
 LOCK_FILE = "node.lock"
 STATE_FILE = "node.json"
 BLOB_DIR = "blobs"
+PRIVACY_DIR = "privacy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,11 @@ class DataDir:
     @property
     def blob_dir(self) -> Path:
         return self.path / BLOB_DIR
+
+    @property
+    def privacy_dir(self) -> Path:
+        """Privacy ledgers, one file per task: ``privacy/<task id>.json``."""
+        return self.path / PRIVACY_DIR
 
     def check_initialised(self) -> None:
         if not self.path.is_dir():
