@@ -148,6 +148,8 @@ def main() -> None:
     if args.serve_echo:
         trio.run(_echo_server)
         return
+    # Other work on the machine changes these numbers a lot; record how busy it was.
+    load_before = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as tmp:
         datadir = Path(tmp) / "node"
         proc = _start_node(datadir)
@@ -183,6 +185,7 @@ def main() -> None:
             "runs_rt_s_1": [round(r) for r in runs[1]],
             "runs_rt_s_10": [round(r) for r in runs[10]],
             "echo_rt_s_1": round(echo),
+            "load_avg_1m_before": load_before,
             "rt_s_1_vs_echo": round(rt_1 / echo, 3),
             "seconds_per_run": args.seconds,
             "setup": "one `flnode start` process (all services) serving; clients in the bench "
