@@ -117,8 +117,11 @@ class ChainService(Service, LedgerAPI):
                 await trio.sleep_forever()
             while True:
                 await trio.sleep(self.dev_mine_interval_s)
-                if await self.run_sync(len, self._chain.mempool):
-                    head = await self.mine_pending()
+                if not await self.run_sync(len, self._chain.mempool):
+                    continue
+                built = await self.build_block()
+                if built.outcomes:  # nothing that fits: no empty block
+                    head = await self.import_block(built.block)
                     log.info("block sealed (dev proposer)", number=head.number, txs=head.tx_count)
         finally:
             with trio.CancelScope(shield=True):
