@@ -12,14 +12,26 @@ import pexpect
 import pytest
 
 from flnode.cli.console import CommandError, parse_command
-from tests.daemons import Daemon, init_datadir
+from tests.daemons import Daemon, free_port, init_datadir
 
 
 @pytest.fixture
 def node(flnode_exe: list[str], tmp_path: Path, clean_env: dict[str, str]):  # type: ignore[no-untyped-def]
     datadir = init_datadir(flnode_exe, tmp_path / "a", clean_env)
-    daemon = Daemon(flnode_exe, datadir, clean_env)
+    api_port, metrics_port = free_port(), free_port()
+    daemon = Daemon(
+        flnode_exe,
+        datadir,
+        clean_env,
+        "--api-port",
+        str(api_port),
+        "--metrics-port",
+        str(metrics_port),
+    )
     daemon.wait_for(lambda: bool(daemon.events("ready")), 30, "node a ready")
+    state = json.loads((datadir / "node.json").read_text())
+    assert state["api_url"] == f"ws://127.0.0.1:{api_port}/"
+    assert state["metrics_url"] == f"http://127.0.0.1:{metrics_port}/metrics"
     yield daemon
     assert daemon.stop() == 0
 
