@@ -22,9 +22,10 @@ from .config import NodeConfig
 from .datadir import DataDir
 from .events import EventBus
 from .identity import NodeIdentity
-from .metrics import MetricsService, Sample
+from .metrics import MetricsProvider, MetricsService, Sample
 from .p2p.service import P2PService
 from .privacy_methods import privacy_provider
+from .rpc import MethodProvider
 from .service import LoopMonitor, Service
 from .storage.service import BlobStoreService
 
@@ -106,16 +107,29 @@ def control_plane_services(
     monitor: LoopMonitor,
     blobs: BlobStoreService,
     p2p: P2PService,
+    extra: Sequence[object] = (),
 ) -> list[Service]:
-    """The metrics and API services of a node (each only when enabled), in start order."""
+    """The metrics and API services of a node (each only when enabled), in start order.
+
+    Each object in ``extra`` (typically a later layer's service) that is a
+    :class:`~flnode.rpc.MethodProvider` has its namespace served, and each that is a
+    :class:`~flnode.metrics.MetricsProvider` has its samples exported.
+    """
     services: list[Service] = []
     api: ApiService | None = None
     if config.api.enabled:
         api = ApiService(config.api, datadir.token_file, bus)
         api.add_provider(node_provider(P2PNodeInfo(config, identity, p2p)))
         api.add_provider(privacy_provider(datadir.privacy_dir))
+    if api is not None:
+        for obj in extra:
+            if isinstance(obj, MethodProvider):
+                api.add_provider(obj)
     if config.metrics.enabled:
         metrics = MetricsService(config.metrics)
+        for obj in extra:
+            if isinstance(obj, MetricsProvider):
+                metrics.add_source(obj.metric_samples)
         started = time.time()
         blob_stats: list[Any] = []
 

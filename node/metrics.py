@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -49,6 +49,13 @@ class Sample:
 
 MetricSource = Callable[[], Iterable[Sample]]
 Refresher = Callable[[], Awaitable[None]]
+
+
+@runtime_checkable
+class MetricsProvider(Protocol):
+    """A service that reports its own samples (the node adds it as a source)."""
+
+    def metric_samples(self) -> Iterable[Sample]: ...
 
 
 class SampleCollector(Collector):
