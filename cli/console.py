@@ -383,6 +383,8 @@ def _exec(endpoint: Any, command: str) -> int:
                 method, params = parse_command(command, methods)
             except CommandError as exc:
                 raise click.UsageError(str(exc)) from None
+            if method == "help":  # the console's own command, as the rpc_* methods answer it
+                method = "rpc_help" if params else "rpc_methods"
             try:
                 if method == "subscribe":
                     sub = await client.subscribe(*_events_of(params))

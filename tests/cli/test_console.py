@@ -153,6 +153,9 @@ def test_exec_prints_json_and_fails_clearly(
     info = run("--exec", "node_info")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["peer_id"] == node.peer_id
+    described = run("--exec", "help node_connect")
+    assert json.loads(described.stdout)["params"][0]["name"] == "addr"
+    assert "node_info" in {m["name"] for m in json.loads(run("--exec", "help").stdout)}
     peers = run("--exec", "node_peers all=true")
     assert json.loads(peers.stdout) == {"connected": 0, "peers": []}
     bad = run("--exec", "node_peers all=maybe")
