@@ -197,6 +197,9 @@ class ApiSection(_ListenSection):
         256, ge=1, description="Events queued per subscription before they are dropped."
     )
     call_timeout_s: float = Field(30.0, gt=0, description="Longest one call may run.")
+    auth_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that has not authenticated by then is closed."
+    )
 
 
 class MetricsSection(_ListenSection):

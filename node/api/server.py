@@ -162,6 +162,8 @@ class ApiService(Service):
         inflight = trio.Semaphore(self.settings.max_inflight)
         async with trio.open_nursery() as nursery:
             session.nursery = nursery
+            if not session.authenticated:
+                nursery.start_soon(self._close_unless_authenticated, ws, session)
 
             async def serve_one(frame: str | bytes) -> None:
                 try:
@@ -184,6 +186,12 @@ class ApiService(Service):
                 pass  # the client left (or sent a frame beyond the hard limit: code 1009)
             finally:
                 nursery.cancel_scope.cancel()
+
+    async def _close_unless_authenticated(self, ws: WebSocketConnection, session: Session) -> None:
+        """Free the slot of a connection that never proves the token (api.auth_timeout_s)."""
+        await trio.sleep(self.settings.auth_timeout_s)
+        if not session.authenticated:
+            await ws.aclose(code=1008, reason="not authenticated in time")
 
 
 def _loopback(host: str) -> bool:

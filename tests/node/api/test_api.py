@@ -63,6 +63,19 @@ async def test_wrong_token_is_refused_and_three_strikes_close(running_node: Any)
         assert ws.closed is not None and ws.closed.code == 1008
 
 
+async def test_unauthenticated_connections_are_closed_after_a_while(
+    running_node: Any, connect: Any
+) -> None:
+    async with running_node(api={"auth_timeout_s": 0.3, "max_connections": 1}) as node:
+        async with open_websocket_url(_url(node)) as ws:
+            with pytest.raises(ConnectionClosed), trio.fail_after(5):
+                await ws.get_message()
+            assert ws.closed is not None and ws.closed.code == 1008
+        async with connect(node) as c:  # the slot is free again; authenticated ones stay
+            await trio.sleep(0.5)
+            assert (await c.call("node_info"))["peer_id"] == node.identity.peer_id
+
+
 async def test_token_in_query_string(running_node: Any) -> None:
     async with running_node() as node:
         token = node.datadir.read_token()
