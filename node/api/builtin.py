@@ -22,6 +22,7 @@ import trio
 from pydantic import Field
 
 from ..events import Event, EventBus, Subscription, UnknownTopicError
+from ..log import get_logger
 from ..rpc import (
     INVALID_PARAMS,
     LIMIT_EXCEEDED,
@@ -34,6 +35,8 @@ from ..rpc import (
 from .auth import tokens_match
 from .registry import MethodRegistry
 from .session import Session, current_session
+
+log = get_logger("flnode.api")
 
 #: Failed ``auth`` calls after which the connection is closed.
 MAX_FAILED_AUTH = 3
@@ -74,6 +77,7 @@ def builtin_methods(
             session.authenticated = True
             return {"authenticated": True}
         session.failed_auth += 1
+        log.warning("api auth failed", remote=session.remote, attempt=session.failed_auth)
         if session.failed_auth >= MAX_FAILED_AUTH:
             session.close_requested = True
         raise RpcError(UNAUTHORIZED, "wrong token; use the one in <datadir>/api.token")

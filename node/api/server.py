@@ -129,12 +129,14 @@ class ApiService(Service):
     async def _handle(self, request: WebSocketRequest) -> None:
         if self.stats.connections >= self.settings.max_connections:
             self.stats.rejected_connections += 1
+            log.warning("api connection refused: api.max_connections reached")
             await request.reject(503, body=b"too many API connections (api.max_connections)\n")
             return
         query = parse_qs(urlsplit(request.path).query)
         presented = query.get("token")
         if presented is not None and not tokens_match(self._token, presented[0]):
             self.stats.rejected_connections += 1
+            log.warning("api connection refused: wrong token", remote=str(request.remote))
             await request.reject(401, body=b"wrong token; use the one in <datadir>/api.token\n")
             return
         try:
