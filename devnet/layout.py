@@ -9,6 +9,7 @@ small TOML file::
     [[node]]                          # ... and/or explicit nodes
     name = "gateway"
     roles = ["edge", "device"]
+    config.p2p.max_peers = 8          # this node only
     [config.p2p]                      # settings written into every node's config.toml
     max_peers = 32
 
@@ -44,6 +45,8 @@ class NodeSpec(BaseModel):
 
     name: str
     roles: tuple[Role, ...]
+    #: Settings for this node only, over the layout's shared ``config``.
+    config: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -74,11 +77,22 @@ class Layout(BaseModel):
             raise ValueError(f"node names repeat: {', '.join(dupes)}")
         # The overrides must make a valid node config (sections and keys are checked here,
         # not when the tenth node fails to start).
-        try:
-            NodeConfig.model_validate({**self.config, "node": {"network_id": self.network_id}})
-        except ValidationError as exc:
-            raise ValueError(f"config.{_first_error(exc)}") from None
+        for node in self.nodes:
+            try:
+                NodeConfig.model_validate(
+                    {**self.node_config(node), "node": {"network_id": self.network_id}}
+                )
+            except ValidationError as exc:
+                where = "config" if not node.config else f"node {node.name}: config"
+                raise ValueError(f"{where}.{_first_error(exc)}") from None
         return self
+
+    def node_config(self, node: NodeSpec) -> dict[str, dict[str, Any]]:
+        """The settings written for ``node``: the shared ``config`` with its own on top."""
+        merged = {section: dict(values) for section, values in self.config.items()}
+        for section, values in node.config.items():
+            merged.setdefault(section, {}).update(values)
+        return merged
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -147,9 +147,8 @@ def create_network(directory: Path, layout: Layout) -> Network:
 
 def _write_config(network: Network, node: DevnetNode) -> None:
     seeds = [n.p2p_addr for n in network.nodes[:SEEDS] if n.name != node.name]
-    config: dict[str, dict[str, Any]] = {
-        section: dict(values) for section, values in network.layout.config.items()
-    }
+    spec = next(n for n in network.layout.nodes if n.name == node.name)
+    config = network.layout.node_config(spec)
     config.setdefault("node", {}).update(
         {"roles": list(node.roles), "network_id": network.layout.network_id}
     )

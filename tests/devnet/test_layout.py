@@ -28,12 +28,18 @@ def test_toml_layout_with_named_nodes_and_config(tmp_path: Path) -> None:
     path.write_text(
         'network_id = "lab"\nminers = 1\ndevices = 1\n'
         '[[node]]\nname = "gateway"\nroles = ["edge", "device"]\n'
-        "[config.p2p]\nmax_peers = 16\n"
+        "config.p2p.max_peers = 8\nconfig.log.level = 'debug'\n"
+        "[config.p2p]\nmax_peers = 16\nmdns = false\n"
     )
     layout = load_layout(path, devices=2)
     assert layout.network_id == "lab"
     assert [n.name for n in layout.nodes] == ["miner-0", "device-0", "device-1", "gateway"]
-    assert layout.config == {"p2p": {"max_peers": 16}}
+    assert layout.config == {"p2p": {"max_peers": 16, "mdns": False}}
+    assert layout.node_config(layout.nodes[0]) == layout.config
+    assert layout.node_config(layout.nodes[3]) == {
+        "p2p": {"max_peers": 8, "mdns": False},
+        "log": {"level": "debug"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -45,6 +51,10 @@ def test_toml_layout_with_named_nodes_and_config(tmp_path: Path) -> None:
         ('miners = 1\n[[node]]\nname = "miner-0"\nroles = ["miner"]\n', "names repeat: miner-0"),
         ('[[node]]\nname = "Bad Name"\nroles = ["miner"]\n', "node name 'Bad Name'"),
         ('[[node]]\nname = "x"\nroles = ["king"]\n', "roles"),
+        (
+            '[[node]]\nname = "x"\nroles = ["miner"]\nconfig.api.port = -1\n',
+            "node x: config.api.port",
+        ),
         ("miners = [\n", "not valid TOML"),
     ],
 )
