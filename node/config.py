@@ -148,7 +148,8 @@ class P2PSection(_Section):
         return addrs
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an IP address or ``localhost``) is on the loopback interface."""
     if host == "localhost":
         return True
     try:
@@ -170,7 +171,7 @@ class _ListenSection(_Section):
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self) -> _ListenSection:
-        if not self.allow_remote and not _is_loopback(self.listen_host):
+        if not self.allow_remote and not is_loopback_host(self.listen_host):
             raise ValueError(
                 f"listen_host {self.listen_host!r} is not a loopback address; "
                 "set allow_remote = true to expose it to other machines"

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .config import MetricsSection
+from .config import MetricsSection, is_loopback_host
 from .log import get_logger
 from .service import Service
 
@@ -127,8 +127,8 @@ class MetricsService(Service):
         return generate_latest(self.registry)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self.settings.allow_remote:
-            log.warning("metrics may listen beyond loopback", host=self.settings.listen_host)
+        if not is_loopback_host(self.settings.listen_host):
+            log.warning("metrics listening beyond loopback", host=self.settings.listen_host)
         listeners = await trio.open_tcp_listeners(
             self.settings.port, host=self.settings.listen_host
         )

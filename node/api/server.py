@@ -15,7 +15,6 @@ message first, so some hard bound is needed). None of these stops the server.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from ..config import ApiSection
+from ..config import ApiSection, is_loopback_host
 from ..events import EventBus
 from ..log import get_logger
 from ..rpc import MethodProvider
@@ -104,7 +103,7 @@ class ApiService(Service):
                 path=str(self.token_file),
             )
         host = self.settings.listen_host
-        if not _loopback(host):
+        if not is_loopback_host(host):
             log.warning(
                 "api listening beyond loopback: anyone who can reach it may try the token",
                 host=host,
@@ -132,26 +131,28 @@ class ApiService(Service):
             log.warning("api connection refused: api.max_connections reached")
             await request.reject(503, body=b"too many API connections (api.max_connections)\n")
             return
-        query = parse_qs(urlsplit(request.path).query)
-        presented = query.get("token")
-        if presented is not None and not tokens_match(self._token, presented[0]):
-            self.stats.rejected_connections += 1
-            log.warning("api connection refused: wrong token", remote=str(request.remote))
-            await request.reject(401, body=b"wrong token; use the one in <datadir>/api.token\n")
-            return
-        try:
-            ws = await request.accept()
-        except ConnectionClosed:
-            return
-        remote = str(ws.remote)
-        session = Session(remote=remote, authenticated=presented is not None)
+        # Take the slot before any await, so concurrent handshakes cannot overshoot the limit.
         self.stats.connections += 1
-        self.stats.connections_total += 1
         try:
-            await self._serve(ws, session)
+            query = parse_qs(urlsplit(request.path).query)
+            presented = query.get("token")
+            if presented is not None and not tokens_match(self._token, presented[0]):
+                self.stats.rejected_connections += 1
+                log.warning("api connection refused: wrong token", remote=str(request.remote))
+                await request.reject(401, body=b"wrong token; use the one in <datadir>/api.token\n")
+                return
+            try:
+                ws = await request.accept()
+            except ConnectionClosed:
+                return
+            self.stats.connections_total += 1
+            session = Session(remote=str(ws.remote), authenticated=presented is not None)
+            try:
+                await self._serve(ws, session)
+            finally:
+                session.close()
         finally:
             self.stats.connections -= 1
-            session.close()
 
     async def _serve(self, ws: WebSocketConnection, session: Session) -> None:
         async def send(frame: str) -> None:
@@ -194,12 +195,3 @@ class ApiService(Service):
         await trio.sleep(self.settings.auth_timeout_s)
         if not session.authenticated:
             await ws.aclose(code=1008, reason="not authenticated in time")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
