@@ -80,7 +80,7 @@ def test_replace_changes_and_revalidates() -> None:
 
 def test_unknown_architecture_lists_the_known_ones() -> None:
     with pytest.raises(
-        ModelSpecError, match="unknown architecture 'resnet50'; known architectures: split-cnn"
+        ModelSpecError, match="unknown architecture 'resnet50'; known architectures: dp-cnn, split-cnn"
     ):
         ModelSpec.create("resnet50")
     with pytest.raises(ModelSpecError, match="known architectures"):
@@ -261,3 +261,17 @@ def test_default_weight_spec_keys_are_named_and_the_head_is_small() -> None:
     assert spec.n_weights("head") < 5_000  # a head-only update is a few tens of KB
     with pytest.raises(ModelSpecError, match="part"):
         spec.weight_specs("tail")  # type: ignore[arg-type]
+
+
+def test_dp_cnn_is_the_small_tanh_model_without_batchnorm() -> None:
+    spec = ModelSpec.create("dp-cnn")
+    model = build_model(spec, seed=0)
+    assert sum(p.numel() for p in model.parameters()) == 26_010  # the prototype's size
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert spec.input_shape() == (1, 28, 28) and spec.bottleneck == 32
+    features = model.features(torch.zeros(3, 1, 28, 28))
+    assert features.shape == (3, 32) and bool((features.abs() <= 1).all())  # tanh-bounded
+    assert set(spec.weight_specs("head")) == {"head.fc.weight", "head.fc.bias"}
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ModelSpecError, match="bottleneck"):
+        ModelSpec.create("dp-cnn", bottleneck=0)
