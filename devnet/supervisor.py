@@ -231,14 +231,34 @@ async def _wait_checks(
             _check_alive(network, names, pids)
             await trio.sleep(_POLL_S)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(report)
-        async with trio.open_nursery() as watchers:
-            for name in names:
-                watchers.start_soon(watch, name)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(report)
+            async with trio.open_nursery() as watchers:
+                for name in names:
+                    watchers.start_soon(watch, name)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # A node died (DevnetError from report) or its API went away (from watch): report the
+        # first such error plainly rather than as a group of concurrent failures.
+        errors = group.subgroup(lambda e: isinstance(e, FLNodeError))
+        if errors is None:
+            raise
+        first = _leaves(errors)[0]
+        if isinstance(first, DevnetError):
+            raise first from None
+        raise DevnetError(
+            f"a node stopped answering while the devnet was starting: {first}"
+        ) from None
     if progress is not None:
         progress({label: len(done) for label, done in passed.items()})
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 @dataclass(frozen=True, slots=True)

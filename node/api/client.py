@@ -115,15 +115,22 @@ class ApiClient:
                 connect_timeout=connect_timeout,
             ) as ws:
                 connected = True
-                async with trio.open_nursery() as nursery:
-                    client = cls(ws)
-                    nursery.start_soon(client._reader)
-                    try:
-                        if endpoint.token is not None and not token_in_url:
-                            await client.call("auth", {"token": endpoint.token})
-                        yield client
-                    finally:
-                        nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        client = cls(ws)
+                        nursery.start_soon(client._reader)
+                        try:
+                            if endpoint.token is not None and not token_in_url:
+                                await client.call("auth", {"token": endpoint.token})
+                            yield client
+                        finally:
+                            nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    # The caller's own exception (the reader never raises): hand it back as
+                    # raised, not wrapped in the group of this context manager's nursery.
+                    if len(group.exceptions) == 1:
+                        raise group.exceptions[0] from None
+                    raise
         except (OSError, HandshakeError) as exc:
             if connected:
                 raise

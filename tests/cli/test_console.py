@@ -158,6 +158,8 @@ def test_exec_prints_json_and_fails_clearly(
     assert "node_info" in {m["name"] for m in json.loads(run("--exec", "help").stdout)}
     peers = run("--exec", "node_peers all=true")
     assert json.loads(peers.stdout) == {"connected": 0, "peers": []}
+    usage = run("--exec", "node_peers true all=true")
+    assert usage.returncode == 2 and "not both" in usage.stderr and "Traceback" not in usage.stderr
     bad = run("--exec", "node_peers all=maybe")
     assert bad.returncode == 1 and bad.stdout == ""
     assert "error -32602: invalid params for node_peers: all:" in bad.stderr

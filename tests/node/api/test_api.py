@@ -111,6 +111,15 @@ async def test_api_client_reports_a_node_that_is_not_running(tmp_path: Any) -> N
             pass
 
 
+async def test_errors_inside_a_client_block_come_out_as_raised(
+    running_node: Any, connect: Any
+) -> None:
+    async with running_node() as node:
+        with pytest.raises(KeyError, match="mine"):
+            async with connect(node):
+                raise KeyError("mine")
+
+
 # -- node_* methods ---------------------------------------------------------------------------
 
 
