@@ -6,12 +6,16 @@ import json
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import Field
 
+from flnode.api.builtin import builtin_methods
 from flnode.api.dispatch import Dispatcher
 from flnode.api.registry import MethodRegistry
 from flnode.api.session import Session
 from flnode.errors import FLNodeError
+from flnode.events import EventBus
 from flnode.rpc import NoParams, Params, RpcError, RpcMethod, StaticProvider
 
 
@@ -54,6 +58,10 @@ def _dispatcher() -> Dispatcher:
             ),
         )
     )
+    for method in builtin_methods(
+        registry, EventBus(), lambda: "secret", max_subscriptions=2, event_queue=4
+    ):
+        registry.add(method)
     return Dispatcher(registry, call_timeout_s=0.2)
 
 
@@ -103,3 +111,48 @@ def test_registry_keeps_namespaces_apart() -> None:
         registry.add(RpcMethod("Chain-Head", _boom, "x"))
     with pytest.raises(RpcError, match="did you mean chain_head"):
         registry.get("chain_haed")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_param_names = st.sampled_from(["text", "times", "token", "method", "events", "subscription", "x"])
+_requests = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.sampled_from(["2.0", "2.0", "2.0", "1.0"]) | _json,
+        "id": st.none() | st.integers() | st.text(max_size=5) | _json,
+        "method": st.sampled_from(
+            ["test_echo", "test_boom", "nope", "auth", "subscribe", "rpc_help", "unsubscribe"]
+        )
+        | _json,
+        "params": st.dictionaries(_param_names, _json, max_size=3)
+        | st.lists(_json, max_size=3)
+        | _json,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frame=_json | _requests | st.lists(_requests, max_size=5) | st.binary(max_size=64))
+async def test_any_frame_gets_a_well_formed_reply_or_none(frame: object) -> None:
+    """Hostile input never escapes as an exception; replies are JSON-RPC 2.0 objects."""
+    raw = frame if isinstance(frame, bytes) else json.dumps(frame)
+    for authenticated in (False, True):
+        reply = await _dispatcher().handle_frame(raw, Session("fuzz", authenticated=authenticated))
+        if reply is None:
+            continue
+        decoded = json.loads(reply)
+        for item in decoded if isinstance(decoded, list) else [decoded]:
+            assert item["jsonrpc"] == "2.0" and "id" in item
+            assert ("result" in item) != ("error" in item)
+            if "error" in item:
+                assert isinstance(item["error"]["code"], int) and item["error"]["message"]
+            if not authenticated:
+                # Nothing but envelope errors, "unauthorized", or auth's own parameter errors:
+                # never a result and never whether a method exists.
+                assert item["error"]["code"] in (-32700, -32600, -32001, -32602)
