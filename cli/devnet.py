@@ -98,6 +98,8 @@ def up_command(
         f"({time.monotonic() - started:.1f} s); `flnode devnet status --dir {directory}`"
     )
     _print_status(network, as_json=False)
+    first = network.nodes[0].name
+    click.echo(f"attach to a node: flnode console --datadir {network.datadir(first)}")
 
 
 class _Progress:
