@@ -65,7 +65,13 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
         config, datadir, identity, bus=bus, monitor=monitor, blobs=blobs, p2p=p2p
     )
     chain = chain_service_for(config, datadir, identity)
-    return [monitor, blobs, p2p, *([chain] if chain is not None else []), *control]
+    ledger: list[Service] = []
+    if chain is not None:
+        from .consensus_net import consensus_service_for
+
+        consensus = consensus_service_for(config, datadir, identity, p2p, chain)
+        ledger = [chain, *([consensus] if consensus is not None else [])]
+    return [monitor, blobs, p2p, *ledger, *control]
 
 
 def chain_service_for(

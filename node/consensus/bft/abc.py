@@ -1,0 +1,50 @@
+"""The network seam of the consensus: what it needs from P2P, without importing it.
+
+Layers do not import each other (DESIGN.md), so the consensus defines the small protocol it
+drives and the node (:mod:`flnode.consensus_net`) implements it over the P2P service: gossip of
+opaque byte messages on two topics, one request/response exchange for block sync, the list of
+connected peers, and a way to charge a peer for a bad message. Tests can pass anything with the
+same methods (e.g. an in-memory network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+BFT_TOPIC = "bft"
+"""Credentials, proposals, votes and evidence (:mod:`.messages`)."""
+TX_TOPIC = "txs"
+"""Transaction batches between mempools."""
+
+SyncHandler = Callable[[bytes, str], Awaitable[bytes]]
+"""Serves one block-sync request: (request bytes, requesting peer) → response bytes."""
+
+
+@runtime_checkable
+class ConsensusNetworkAPI(Protocol):
+    """Gossip, block sync and peer scoring, as the consensus service uses them."""
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Gossip ``data`` (an encoded consensus message) on ``topic``."""
+        ...
+
+    async def subscribe(self, topic: str) -> AsyncIterator[tuple[bytes, str]]:
+        """(data, sender peer id) of every message others gossip on ``topic``."""
+        ...
+
+    def serve_sync(self, handler: SyncHandler) -> None:
+        """Answer block-sync requests from peers with ``handler``."""
+        ...
+
+    async def request_sync(self, peer: str, request: bytes) -> bytes:
+        """Send a block-sync request to ``peer``; its response (raises on failure/timeout)."""
+        ...
+
+    def peers(self) -> list[str]:
+        """The peers connected now."""
+        ...
+
+    def penalise(self, peer: str, reason: str) -> None:
+        """Charge ``peer`` for a consensus message rejected with ``reason``."""
+        ...

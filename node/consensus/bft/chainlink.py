@@ -1,0 +1,251 @@
+"""What the consensus asks of the ledger: inspect, build, validate and commit blocks; certificates.
+
+:class:`ChainLink` wraps the node's :class:`~flnode.consensus.service.ChainService` (every call
+in the chain's one worker thread) and adds the consensus' own records to the chain database:
+
+* ``flnode/bft/certified/<height>``: the certified block (:class:`CertifiedBlock`, RLP) and
+  ``flnode/bft/seed/<height>``: the sortition seed after that block. Both are written in **one**
+  atomic batch *before* the block is imported, so a node killed in between finds, on restart, a
+  certified block above its head and imports it (:meth:`ChainLink.recover`); the seed of the
+  head is always there. Block sync serves these records. (The block bytes are stored twice, in
+  py-evm's tables and here; serving sync from one copy is left for later.)
+* **Validation** of a proposal without importing it: the block must extend the head, carry a
+  timestamp at most ``max_future_s`` ahead of our clock, and **re-building** it from its own
+  transactions, coinbase and timestamp on our head must give the same hash (same execution,
+  same roots, same header fields); then the node's application validator (the
+  ``BlockValidator`` hook, e.g. re-checking a ``commitRound`` aggregate) has the last word.
+* The **committee** of the next height is read from the ledger contract at the head: the
+  network file's miners that are active (staked at least the minimum stake, not leaving), with
+  their stakes. A slashed miner therefore leaves the committee from the next height on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import rlp
+from eth.abc import BlockAPI
+from eth.vm.forks import PragueVM
+from eth_utils import to_checksum_address
+
+from ...log import get_logger
+from ..chain import Head, TxOutcome
+from ..errors import BlockRejected
+from ..service import ChainService
+from .certificate import BlockInfo
+from .errors import InvalidConsensusMessage
+from .messages import MAX_BLOCK_SIZE, CertifiedBlock, decode_message, encode_message
+from .sortition import Committee, genesis_seed
+
+CERT_PREFIX = b"flnode/bft/certified/"
+SEED_PREFIX = b"flnode/bft/seed/"
+DEFAULT_MAX_FUTURE_S = 15.0
+
+BlockValidator = Callable[[BlockAPI, Sequence[TxOutcome]], Awaitable[bool]]
+"""The node's application check of a proposed block (after it executed validly on our head)."""
+
+log = get_logger("flnode.consensus")
+
+
+def inspect_block(raw: bytes) -> BlockInfo:
+    """Decode an Ethereum (Prague) block's RLP into the fields consensus needs."""
+    if len(raw) > MAX_BLOCK_SIZE:
+        raise InvalidConsensusMessage("oversize", f"a block may be {MAX_BLOCK_SIZE} bytes")
+    try:
+        block = rlp.decode(raw, sedes=PragueVM.get_block_class())
+        header = block.header
+        return BlockInfo(
+            hash=header.hash,
+            parent_hash=header.parent_hash,
+            number=int(header.block_number),
+            coinbase=to_checksum_address(header.coinbase),
+            timestamp=int(header.timestamp),
+        )
+    except Exception as exc:  # rlp/py-evm raise several types on malformed input
+        raise InvalidConsensusMessage("bad-block", f"not a block: {type(exc).__name__}") from None
+
+
+def _key(prefix: bytes, height: int) -> bytes:
+    return prefix + height.to_bytes(8, "big")
+
+
+class ChainLink:
+    """The consensus' view of the ledger (see the module docstring)."""
+
+    def __init__(
+        self,
+        chain: ChainService,
+        *,
+        validator: BlockValidator | None = None,
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.chain = chain
+        self.validator = validator
+        self.max_future_s = max_future_s
+        self._clock = clock
+        self._committee: tuple[bytes, Committee] | None = None
+
+    @property
+    def chain_id(self) -> int:
+        return self.chain.spec.chain_id
+
+    async def head(self) -> Head:
+        return await self.chain.head()
+
+    async def pending(self) -> int:
+        return await self.chain.run_sync(lambda: len(self.chain.chain.mempool))
+
+    async def pending_raw(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """(hash, raw bytes) of up to ``limit`` pending transactions, in mempool order."""
+        return await self.chain.run_sync(
+            lambda: [(t.hash, t.encode()) for t in self.chain.chain.mempool.pending(limit)]
+        )
+
+    async def committee(self, head: Head) -> Committee:
+        """The active staked miners at ``head`` (cached per head)."""
+        if self._committee is not None and self._committee[0] == head.hash:
+            return self._committee[1]
+        spec = self.chain.spec
+        contract = self.chain.contract
+
+        def read() -> dict[str, int]:
+            call = self.chain.chain.call
+            stakes = {}
+            for miner in spec.miners:
+                if contract.is_active_miner(call, miner.address):
+                    stakes[miner.address] = contract.stake(call, miner.address)
+            return stakes
+
+        stakes = await self.chain.run_sync(read)
+        if not stakes:
+            raise InvalidConsensusMessage(
+                "no-committee", f"no active staked miner at block #{head.number}"
+            )
+        committee = Committee.of(stakes)
+        self._committee = (head.hash, committee)
+        return committee
+
+    async def build(self, max_txs: int) -> bytes:
+        built = await self.chain.build_block(max_txs=max_txs)
+        return built.encode()
+
+    async def validate(self, raw: bytes) -> bool:
+        """Whether a proposed block is valid on our head (see the module docstring)."""
+        now = self._clock()
+
+        def check() -> tuple[bool, str, Any]:
+            chain = self.chain.chain
+            try:
+                block = chain.decode_block(raw)
+            except BlockRejected as exc:
+                return False, str(exc), None
+            head = chain.head()
+            header = block.header
+            if header.parent_hash != head.hash:
+                return False, "does not extend the head", None
+            if header.timestamp > now + self.max_future_s:
+                return False, f"timestamp {header.timestamp} is in the future", None
+            try:
+                rebuilt = chain.build_block(
+                    list(block.transactions),
+                    coinbase=header.coinbase,
+                    timestamp=header.timestamp,
+                )
+            except BlockRejected as exc:
+                return False, str(exc), None
+            if rebuilt.hash != block.hash:
+                return False, "re-executing its transactions gives another block", None
+            return True, "", (block, rebuilt.outcomes)
+
+        ok, why, result = await self.chain.run_sync(check)
+        if not ok:
+            log.warning("proposed block invalid", reason=why)
+            return False
+        if self.validator is not None:
+            block, outcomes = result
+            try:
+                if not await self.validator(block, outcomes):
+                    log.warning("proposed block refused by the application validator")
+                    return False
+            except Exception as exc:  # the hook must not take the consensus down
+                log.error("application validator failed", error=repr(exc))
+                return False
+        return True
+
+    async def commit(self, certified: CertifiedBlock, seed: bytes) -> Head:
+        """Record the certified block and its seed, then import it (see the module docstring)."""
+        height = certified.height
+        encoded = encode_message(certified)
+
+        def store() -> None:
+            with self.chain.chain.db.atomic_batch() as batch:
+                batch[_key(CERT_PREFIX, height)] = encoded
+                batch[_key(SEED_PREFIX, height)] = seed
+
+        def forget() -> None:
+            with self.chain.chain.db.atomic_batch() as batch:
+                del batch[_key(CERT_PREFIX, height)]
+                del batch[_key(SEED_PREFIX, height)]
+
+        await self.chain.run_sync(store)
+        try:
+            return await self.chain.import_block(certified.block)
+        except BlockRejected:
+            await self.chain.run_sync(forget)  # never leave a record recover() would replay
+            raise
+
+    async def certified(self, first: int, count: int, max_bytes: int) -> list[CertifiedBlock]:
+        """Stored certified blocks from ``first`` on (consecutive, at most ``max_bytes``)."""
+
+        def read() -> list[bytes]:
+            db = self.chain.chain.db
+            out: list[bytes] = []
+            size = 0
+            for height in range(first, first + count):
+                key = _key(CERT_PREFIX, height)
+                if key not in db:
+                    break
+                raw = db[key]
+                if out and size + len(raw) > max_bytes:
+                    break
+                size += len(raw)
+                out.append(raw)
+            return out
+
+        blocks = []
+        for raw in await self.chain.run_sync(read):
+            message = decode_message(bytes(raw), max_size=2 * MAX_BLOCK_SIZE)
+            assert isinstance(message, CertifiedBlock)
+            blocks.append(message)
+        return blocks
+
+    async def seed(self, height: int) -> bytes:
+        """The sortition seed after block ``height`` (genesis: from the genesis hash)."""
+        if height == 0:
+            return genesis_seed(self.chain.chain.genesis_hash)
+
+        def read() -> bytes | None:
+            key = _key(SEED_PREFIX, height)
+            db = self.chain.chain.db
+            return bytes(db[key]) if key in db else None
+
+        seed = await self.chain.run_sync(read)
+        if seed is None:
+            raise InvalidConsensusMessage(
+                "no-seed",
+                f"block #{height} has no recorded consensus seed: this chain database was "
+                "written without consensus (e.g. by the dev proposer); use a fresh data dir",
+            )
+        return seed
+
+    async def recover(self) -> Head:
+        """Import a certified block stored above the head by a run killed before importing it."""
+        head = await self.head()
+        stored = await self.certified(head.number + 1, 1, 2 * MAX_BLOCK_SIZE)
+        if stored:
+            log.info("importing a certified block left by the previous run", number=head.number + 1)
+            head = await self.chain.import_block(stored[0].block)
+        return head

@@ -1,0 +1,565 @@
+"""The consensus as a node service: the agreement core driven over gossip, sync and the chain.
+
+One trio task (the *event loop*) owns the :class:`~.core.Agreement` and feeds it one event at a
+time — a gossiped message, a timer, a built or validated block, "there is work", blocks from
+sync — and carries out the actions it returns. Everything slow runs in other tasks that post
+their result back as an event: block building and validation (py-evm, in the chain's worker
+thread), timers, publishing. Committing is done inside the loop, so the core never sees two
+heights at once.
+
+Around it:
+
+* **Transaction gossip**: every ``tx_gossip_interval_s`` the mempool's new transactions are
+  published on the ``txs`` topic in batches; received batches go through the mempool's checks
+  (signature, chain id, nonce, balance, gas, size) and are de-duplicated by hash. A peer whose
+  transaction is malformed or badly signed is charged. Pending transactions wake an idle height.
+* **Block sync** (request/response, :class:`~.messages.SyncRequest` → ``SyncResponse``): served
+  from the certified-block records; a node syncs when the core reports a later height or a
+  certified block it lacks, every ``sync_interval_s`` as a fallback, and before it takes part at
+  start ("catch up first"). Every synced block's certificate is verified against the committee
+  of its height before it is imported.
+* **Evidence**: equivocation evidence is gossiped by the core; a committee member submits it to
+  the ledger contract's ``slash`` (once per offender, only while the offender still has stake).
+
+A node outside the committee (a device, say) runs the same service and follows the chain: it
+never signs, but it decides blocks from the gossiped proposals and precommits, and syncs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from eth_utils import keccak
+
+from ...identity import NodeIdentity
+from ...log import get_logger
+from ...service import Service
+from ..chain import Head
+from ..errors import BlockRejected, TransactionRejected
+from ..service import ChainService
+from .abc import BFT_TOPIC, TX_TOPIC, ConsensusNetworkAPI
+from .certificate import HeightContext, verify_certified_block
+from .chainlink import BlockValidator, ChainLink, inspect_block
+from .core import (
+    Action,
+    Agreement,
+    Behind,
+    Broadcast,
+    BuildBlock,
+    Decide,
+    EvidenceFound,
+    NeedBlock,
+    Offence,
+    ScheduleTimeout,
+    Timeouts,
+    ValidateBlock,
+)
+from .errors import InvalidConsensusMessage
+from .messages import (
+    MAX_SYNC_BLOCKS,
+    MAX_SYNC_RESPONSE_SIZE,
+    MAX_TX_BATCH,
+    MAX_TX_BATCH_BYTES,
+    CertifiedBlock,
+    CommitCertificate,
+    Credential,
+    Evidence,
+    Proposal,
+    SyncRequest,
+    SyncResponse,
+    TxBatch,
+    VoteMessage,
+    decode_message,
+    encode_message,
+)
+from .signer import STATE_FILE, GuardedSigner
+
+log = get_logger("flnode.consensus")
+
+_CHARGED_TX_REASONS = frozenset({"oversize", "malformed", "wrong-chain-id", "bad-signature"})
+_SEEN_TXS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusSettings:
+    """Tunables of the consensus service (see the module docstring)."""
+
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_block_txs: int = 1000
+    proposal_wait_s: float = 0.2
+    """A leader whose mempool is empty waits this long for transactions before proposing."""
+    max_block_interval_s: float = 0.0
+    """When > 0, a height with nothing pending starts anyway after this long (an empty block,
+    e.g. so that time-based contract rules advance); 0 = never make empty blocks."""
+    tx_gossip_interval_s: float = 0.05
+    sync_batch: int = 32
+    sync_timeout_s: float = 10.0
+    sync_interval_s: float = 5.0
+    initial_sync_s: float = 10.0
+
+
+@dataclass(slots=True)
+class ConsensusStatistics:
+    """Counters for logs, metrics and tests."""
+
+    height: int = 0
+    round: int = 0
+    committed: int = 0
+    synced: int = 0
+    sync_requests: int = 0
+    txs_gossiped: int = 0
+    txs_received: int = 0
+    evidence: int = 0
+    slash_submitted: int = 0
+    offences: dict[str, int] = field(default_factory=dict)
+    commit_ms: list[float] = field(default_factory=list)
+
+
+Event = Callable[[], Awaitable[None]]
+
+
+class ConsensusService(Service):
+    """Runs the BFT consensus of one node (see the module docstring)."""
+
+    name = "consensus"
+
+    def __init__(
+        self,
+        chain: ChainService,
+        network: ConsensusNetworkAPI,
+        identity: NodeIdentity,
+        *,
+        state_dir: Path | None,
+        settings: ConsensusSettings | None = None,
+        validator: BlockValidator | None = None,
+    ) -> None:
+        self.chain = chain
+        self.network = network
+        self.identity = identity
+        self.settings = settings or ConsensusSettings()
+        self.link = ChainLink(chain, validator=validator)
+        self._state_path = None if state_dir is None else state_dir / STATE_FILE
+        self.stats = ConsensusStatistics()
+        self.core: Agreement | None = None
+        self.head: Head | None = None
+        self._seed = b""
+        self._events_send, self._events = trio.open_memory_channel[Event](4096)
+        self._outbox_send, self._outbox = trio.open_memory_channel[tuple[str, bytes]](4096)
+        self._nursery: trio.Nursery | None = None
+        self._sync_wanted = trio.Event()
+        self._seen_txs: OrderedDict[bytes, None] = OrderedDict()
+        self._slashed: set[str] = set()
+        self._last_commit = time.monotonic()
+        self._height_started = time.monotonic()
+        self._committed = trio.Condition()
+        self._rng = random.Random()
+
+    # -- public ---------------------------------------------------------------------------------
+
+    async def wait_for_height(self, height: int, timeout: float) -> Head:
+        """Wait until this node has committed ``height`` (raises ``trio.TooSlowError``)."""
+        with trio.fail_after(timeout):
+            async with self._committed:
+                while self.head is None or self.head.number < height:
+                    await self._committed.wait()
+        assert self.head is not None
+        return self.head
+
+    async def submit(self, raw_tx: bytes) -> bytes:
+        """Add a transaction to the local mempool (it is gossiped with the next batch)."""
+        return await self.chain.submit(raw_tx)
+
+    def describe(self) -> dict[str, object]:
+        return {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.head = await self.link.recover()
+        self._seed = await self.link.seed(self.head.number)
+        signer = GuardedSigner(self.identity, self.link.chain_id, self._state_path)
+        self.core = Agreement(
+            signer,
+            inspect_block,
+            timeouts=self.settings.timeouts,
+            on_log=lambda event, kw: log.warning(event, **kw),
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            bft = await self.network.subscribe(BFT_TOPIC)
+            txs = await self.network.subscribe(TX_TOPIC)
+            self.network.serve_sync(self._serve_sync)
+            nursery.start_soon(self._publish_loop)
+            nursery.start_soon(self._tx_in_loop, txs)
+            await self._initial_sync()
+            await self._start_height()
+            nursery.start_soon(self._bft_in_loop, bft)
+            nursery.start_soon(self._tx_out_loop)
+            nursery.start_soon(self._sync_loop)
+            nursery.start_soon(self._event_loop)
+            log.info(
+                "consensus started",
+                height=self.head.number + 1,
+                member=self.core.is_member,
+                committee=self.core.ctx.committee.size if self.core.ctx else 0,
+            )
+            task_status.started()
+
+    async def _event_loop(self) -> None:
+        async for event in self._events:
+            await event()
+
+    async def _post(self, event: Event) -> None:
+        await self._events_send.send(event)
+
+    # -- heights ----------------------------------------------------------------------------------
+
+    async def _context(self) -> HeightContext:
+        assert self.head is not None
+        committee = await self.link.committee(self.head)
+        return HeightContext(self.head.number + 1, self.head.hash, self._seed, committee)
+
+    async def _start_height(self) -> None:
+        assert self.core is not None
+        ctx = await self._context()
+        has_work = await self.link.pending() > 0
+        self._height_started = time.monotonic()
+        self.stats.height, self.stats.round = ctx.height, 0
+        await self._apply(self.core.start_height(ctx, has_work=has_work))
+
+    async def _committed_block(self, certified: CertifiedBlock, seed: bytes, how: str) -> None:
+        """Record, import and announce a certified block, then start the next height."""
+        try:
+            head = await self.link.commit(certified, seed)
+        except BlockRejected as exc:
+            # 2f+1 certified a block our chain refuses: more than f are faulty, or our state is
+            # damaged. Never import it; try to learn the chain from others.
+            log.error("certified block rejected by the chain", error=str(exc))
+            self._sync_wanted.set()
+            return
+        self.head, self._seed = head, seed
+        self._last_commit = time.monotonic()
+        if how == "decided":
+            self.stats.committed += 1
+            self.stats.commit_ms.append((time.monotonic() - self._height_started) * 1000)
+            del self.stats.commit_ms[:-1000]
+        else:
+            self.stats.synced += 1
+        log.info(
+            "block committed",
+            number=head.number,
+            hash="0x" + head.hash.hex()[:16],
+            txs=head.tx_count,
+            round=certified.certificate.round,
+            how=how,
+        )
+        async with self._committed:
+            self._committed.notify_all()
+        await self._start_height()
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    async def _apply(self, actions: list[Action]) -> None:
+        assert self._nursery is not None and self.core is not None
+        for action in actions:
+            if isinstance(action, Broadcast):
+                try:
+                    self._outbox_send.send_nowait((BFT_TOPIC, encode_message(action.message)))
+                except trio.WouldBlock:
+                    log.warning("consensus outbox full, message dropped")
+            elif isinstance(action, ScheduleTimeout):
+                self._nursery.start_soon(self._timer, action)
+            elif isinstance(action, BuildBlock):
+                self._nursery.start_soon(self._build, action)
+            elif isinstance(action, ValidateBlock):
+                self._nursery.start_soon(self._validate, action)
+            elif isinstance(action, Decide):
+                assert isinstance(action.certificate, CommitCertificate)
+                await self._committed_block(
+                    CertifiedBlock(action.block, action.certificate), action.next_seed, "decided"
+                )
+            elif isinstance(action, NeedBlock | Behind):
+                self._sync_wanted.set()
+            elif isinstance(action, Offence):
+                self._charge(action.origin, action.reason, action.detail)
+            elif isinstance(action, EvidenceFound):
+                self.stats.evidence += 1
+                log.warning("equivocation evidence", offender=action.offender)
+                self._nursery.start_soon(self._slash, action)
+        if self.core.ctx is not None:
+            self.stats.round = self.core.round
+
+    def _charge(self, origin: object, reason: str, detail: str) -> None:
+        self.stats.offences[reason] = self.stats.offences.get(reason, 0) + 1
+        log.info("consensus message rejected", reason=reason, detail=detail[:160])
+        if isinstance(origin, str):
+            self.network.penalise(origin, reason)
+
+    async def _timer(self, action: ScheduleTimeout) -> None:
+        await trio.sleep(action.seconds)
+        core = self.core
+        assert core is not None
+
+        async def fire() -> None:
+            await self._apply(core.on_timeout(action.kind, action.height, action.round))
+
+        await self._post(fire)
+
+    async def _build(self, action: BuildBlock) -> None:
+        deadline = trio.current_time() + self.settings.proposal_wait_s
+        while await self.link.pending() == 0 and trio.current_time() < deadline:
+            await trio.sleep(0.02)
+        try:
+            raw = await self.link.build(self.settings.max_block_txs)
+        except BlockRejected as exc:
+            log.error("cannot build a block", error=str(exc))
+            return
+        core = self.core
+        assert core is not None
+
+        async def built() -> None:
+            await self._apply(core.block_built(action.height, action.round, raw))
+
+        await self._post(built)
+
+    async def _validate(self, action: ValidateBlock) -> None:
+        ok = await self.link.validate(action.block)
+        core = self.core
+        assert core is not None
+
+        async def validated() -> None:
+            await self._apply(core.block_validated(action.height, action.block_hash, ok))
+
+        await self._post(validated)
+
+    async def _slash(self, found: EvidenceFound) -> None:
+        core = self.core
+        if core is None or not core.is_member or found.offender in self._slashed:
+            return
+        self._slashed.add(found.offender)
+        try:
+            if await self.chain.view("stake", found.offender) == 0:
+                return
+            data = self.chain.contract.slash(
+                found.evidence.first.as_ledger_vote(), found.evidence.second.as_ledger_vote()
+            )
+            tx = await self.chain.send(self.chain.spec.ledger_address, data)
+            self.stats.slash_submitted += 1
+            log.warning("slash submitted", offender=found.offender, tx="0x" + tx.hex())
+        except Exception as exc:  # a failed report must not stop the consensus
+            log.error("slash submission failed", offender=found.offender, error=repr(exc))
+
+    # -- gossip -----------------------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        async for topic, data in self._outbox:
+            try:
+                await self.network.publish(topic, data)
+            except Exception as exc:  # never let a publish failure stop the consensus
+                log.warning("consensus publish failed", topic=topic, error=repr(exc))
+
+    async def _bft_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
+        core = self.core
+        assert core is not None
+        async for data, peer in channel:
+            try:
+                message = decode_message(data)
+            except InvalidConsensusMessage as exc:
+                self._charge(peer, exc.reason, exc.detail)
+                continue
+            if not isinstance(message, Credential | Proposal | VoteMessage | Evidence):
+                self._charge(peer, "wrong-topic", type(message).__name__)
+                continue
+
+            async def handle(message: object = message, peer: str = peer) -> None:
+                await self._apply(core.on_message(message, peer))  # type: ignore[arg-type]
+
+            await self._post(handle)
+
+    async def _tx_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
+        async for data, peer in channel:
+            try:
+                message = decode_message(data)
+            except InvalidConsensusMessage as exc:
+                self._charge(peer, exc.reason, exc.detail)
+                continue
+            if not isinstance(message, TxBatch):
+                self._charge(peer, "wrong-topic", type(message).__name__)
+                continue
+            fresh = []
+            for raw in message.txs:
+                digest = keccak(raw)
+                if digest not in self._seen_txs:
+                    self._remember(digest)
+                    fresh.append(raw)
+            if not fresh:
+                continue
+            self.stats.txs_received += len(fresh)
+            reasons = await self.chain.run_sync(self._add_all, fresh)
+            for reason in reasons:
+                if reason in _CHARGED_TX_REASONS:
+                    self._charge(peer, f"tx-{reason}", "transaction rejected by the mempool")
+                    break
+
+    def _add_all(self, raws: list[bytes]) -> list[str]:
+        """Add gossiped transactions to the mempool (chain thread); the rejection reasons."""
+        reasons = []
+        for raw in raws:
+            try:
+                self.chain.chain.add_transaction(raw)
+            except TransactionRejected as exc:
+                reasons.append(exc.reason)
+        return reasons
+
+    def _remember(self, digest: bytes) -> None:
+        self._seen_txs[digest] = None
+        if len(self._seen_txs) > _SEEN_TXS:
+            self._seen_txs.popitem(last=False)
+
+    async def _tx_out_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            await trio.sleep(self.settings.tx_gossip_interval_s)
+            pending = await self.link.pending_raw(4 * MAX_TX_BATCH)
+            batch: list[bytes] = []
+            size = 0
+            for digest, raw in pending:
+                if digest in self._seen_txs:
+                    continue
+                self._remember(digest)
+                if len(batch) == MAX_TX_BATCH or size + len(raw) > MAX_TX_BATCH_BYTES:
+                    self._send_txs(batch)
+                    batch, size = [], 0
+                batch.append(raw)
+                size += len(raw)
+            if batch:
+                self._send_txs(batch)
+            wake = bool(pending)
+            interval = self.settings.max_block_interval_s
+            if interval > 0 and time.monotonic() - self._last_commit > interval:
+                wake = True
+            if wake and not core.started and not core.decided:
+
+                async def work() -> None:
+                    await self._apply(core.on_work())
+
+                await self._post(work)
+
+    def _send_txs(self, txs: list[bytes]) -> None:
+        self.stats.txs_gossiped += len(txs)
+        try:
+            self._outbox_send.send_nowait((TX_TOPIC, encode_message(TxBatch(tuple(txs)))))
+        except trio.WouldBlock:
+            log.warning("consensus outbox full, transactions not gossiped")
+
+    # -- block sync -------------------------------------------------------------------------------
+
+    async def _serve_sync(self, request: bytes, peer: str) -> bytes:
+        try:
+            message = decode_message(request, max_size=64)
+        except InvalidConsensusMessage as exc:
+            self._charge(peer, exc.reason, exc.detail)
+            return encode_message(SyncResponse(()))
+        if not isinstance(message, SyncRequest):
+            self._charge(peer, "wrong-protocol", type(message).__name__)
+            return encode_message(SyncResponse(()))
+        blocks = await self.link.certified(
+            message.first,
+            min(message.count, self.settings.sync_batch, MAX_SYNC_BLOCKS),
+            MAX_SYNC_RESPONSE_SIZE - 65536,
+        )
+        return encode_message(SyncResponse(tuple(blocks)))
+
+    async def _sync_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.settings.sync_interval_s):
+                await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            await self._sync_once()
+
+    async def _initial_sync(self) -> None:
+        """Catch up with the peers before taking part (bounded by ``initial_sync_s``)."""
+        if not self.network.peers():
+            return  # the first node up has nobody to learn from; later hints trigger sync
+        with trio.move_on_after(self.settings.initial_sync_s):
+            while await self._sync_once(direct=True):
+                pass
+
+    async def _sync_once(self, *, direct: bool = False) -> int:
+        """Fetch and adopt blocks above our head from one peer after another; how many."""
+        peers = self.network.peers()
+        self._rng.shuffle(peers)
+        adopted = 0
+        for peer in peers:
+            while True:
+                assert self.head is not None
+                request = SyncRequest(self.head.number + 1, self.settings.sync_batch)
+                self.stats.sync_requests += 1
+                try:
+                    with trio.fail_after(self.settings.sync_timeout_s):
+                        raw = await self.network.request_sync(peer, encode_message(request))
+                    response = decode_message(raw, max_size=MAX_SYNC_RESPONSE_SIZE)
+                except InvalidConsensusMessage as exc:
+                    self._charge(peer, exc.reason, exc.detail)
+                    break
+                except Exception as exc:  # timeouts, dial and stream errors of any kind
+                    log.debug("sync request failed", peer=peer, error=repr(exc))
+                    break
+                if not isinstance(response, SyncResponse) or not response.blocks:
+                    break
+                if direct:
+                    count = await self._adopt(response.blocks, peer)
+                else:
+                    count = await self._adopt_in_loop(response.blocks, peer)
+                adopted += count
+                if count < len(response.blocks) or count < self.settings.sync_batch:
+                    break
+        return adopted
+
+    async def _adopt_in_loop(self, blocks: tuple[CertifiedBlock, ...], peer: str) -> int:
+        """:meth:`_adopt` run by the event loop (the core must not change under it)."""
+        done = trio.Event()
+        result: list[int] = []
+
+        async def adopt() -> None:
+            try:
+                result.append(await self._adopt(blocks, peer))
+            finally:
+                done.set()
+
+        await self._post(adopt)
+        await done.wait()
+        return result[0] if result else 0
+
+    async def _adopt(self, blocks: tuple[CertifiedBlock, ...], peer: str) -> int:
+        """Verify and commit synced blocks that extend our head; how many were adopted."""
+        count = 0
+        for certified in blocks:
+            assert self.head is not None
+            if certified.height <= self.head.number:
+                continue
+            if certified.height != self.head.number + 1:
+                break
+            try:
+                _, seed = verify_certified_block(
+                    certified,
+                    await self._context(),
+                    chain_id=self.link.chain_id,
+                    inspect=inspect_block,
+                )
+            except InvalidConsensusMessage as exc:
+                self._charge(peer, exc.reason, exc.detail)
+                break
+            before = self.head.number
+            await self._committed_block(certified, seed, "synced")
+            if self.head.number == before:
+                break
+            count += 1
+        return count

@@ -1,0 +1,120 @@
+"""Consensus services on real py-evm chains, exchanging real wire messages in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from flnode.consensus.bft.abc import BFT_TOPIC
+from flnode.consensus.bft.messages import PREVOTE, VoteMessage, encode_message
+
+from .nodes import ETHER, Node, running_nodes
+
+
+async def _transfer(node: Node, to: str, value: int = 1) -> bytes:
+    assert node.chain is not None
+    return await node.chain.send(to, b"", value=value)
+
+
+async def _wait_included(nodes: list[Node], txs: list[bytes], timeout: float = 30) -> None:
+    with trio.fail_after(timeout):
+        for node in nodes:
+            assert node.chain is not None
+            for tx in txs:
+                while True:
+                    try:
+                        await node.chain.receipt(tx)
+                        break
+                    except KeyError:
+                        await trio.sleep(0.05)
+
+
+async def _same_heads(nodes: list[Node], timeout: float = 20) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            heads = [await n.head() for n in nodes]
+            if len({(h.number, h.hash, h.state_root) for h in heads}) == 1:
+                return
+            await trio.sleep(0.05)
+
+
+async def test_four_miners_and_a_follower_commit_transactions_from_any_node(
+    tmp_path: Path,
+) -> None:
+    async with running_nodes(tmp_path, miners=4, followers=1) as (_net, nodes, _):
+        txs = []
+        for _ in range(3):
+            for i, node in enumerate(nodes):
+                txs.append(await _transfer(node, nodes[(i + 1) % 5].identity.address))
+            await trio.sleep(0.3)
+        await _wait_included(nodes, txs)
+        await _same_heads(nodes)
+        head = await nodes[0].head()
+        assert head.number >= 2
+        for node in nodes:
+            assert node.consensus is not None
+            assert not node.consensus.stats.offences
+        follower = nodes[4]
+        assert follower.consensus is not None and follower.consensus.core is not None
+        assert not follower.consensus.core.is_member
+        assert follower.consensus.core.signer.last is None
+        # the certificates are served by block sync
+        served = await nodes[1].consensus.link.certified(1, 64, 10**7)  # type: ignore[union-attr]
+        assert [c.height for c in served] == list(range(1, head.number + 1))
+
+
+async def test_stopped_miner_restarts_and_catches_up(tmp_path: Path) -> None:
+    async with running_nodes(tmp_path) as (net, nodes, nursery):
+        first = await _transfer(nodes[0], nodes[1].identity.address)
+        await _wait_included(nodes, [first])
+        behind = await nodes[3].head()
+        await nodes[3].stop()
+        txs = [await _transfer(nodes[i % 3], nodes[2].identity.address) for i in range(6)]
+        await _wait_included(nodes[:3], txs)
+        ahead = await nodes[0].head()
+        assert behind.number < ahead.number
+        await nodes[3].start(nursery, net)
+        await _same_heads(nodes)
+        assert nodes[3].consensus is not None and nodes[3].consensus.stats.synced >= 1
+        # and it takes part again: with another miner down, progress needs it
+        await nodes[2].stop()
+        last = await _transfer(nodes[3], nodes[0].identity.address)
+        await _wait_included([nodes[0], nodes[1], nodes[3]], [last])
+
+
+async def test_two_of_four_stopped_no_commit_then_progress_resumes(tmp_path: Path) -> None:
+    async with running_nodes(tmp_path) as (net, nodes, nursery):
+        await nodes[2].stop()
+        await nodes[3].stop()
+        tx = await _transfer(nodes[0], nodes[1].identity.address)
+        await trio.sleep(3)
+        assert (await nodes[0].head()).number == 0
+        assert (await nodes[1].head()).number == 0
+        await nodes[2].start(nursery, net)
+        await _wait_included(nodes[:3], [tx])
+
+
+async def test_equivocation_is_proven_and_slashed_on_chain(tmp_path: Path) -> None:
+    async with running_nodes(tmp_path) as (_net, nodes, _):
+        cheat = nodes[3]
+        assert cheat.chain is not None and cheat.endpoint is not None
+        stake = await cheat.chain.view("stake", cheat.identity.address)
+        assert stake == 2 * ETHER
+        # the cheater signs two different prevotes for the same height and round
+        a = VoteMessage.sign(cheat.identity, 4343, 1, 0, PREVOTE, b"\x01" * 32)
+        b = VoteMessage.sign(cheat.identity, 4343, 1, 0, PREVOTE, b"\x02" * 32)
+        await cheat.endpoint.publish(BFT_TOPIC, encode_message(a))
+        await cheat.endpoint.publish(BFT_TOPIC, encode_message(b))
+        tx = await _transfer(nodes[0], nodes[1].identity.address)
+        await _wait_included(nodes[:3], [tx])
+        with trio.fail_after(30):
+            while await nodes[0].chain.view("stake", cheat.identity.address) != 0:  # type: ignore[union-attr]
+                await _transfer(nodes[0], nodes[1].identity.address)
+                await trio.sleep(0.5)
+        assert any(n.consensus.stats.evidence for n in nodes[:3])  # type: ignore[union-attr]
+        await _same_heads(nodes[:3])
+        # the slashed miner is out of the committee: the other three keep committing
+        later = await _transfer(nodes[1], nodes[0].identity.address)
+        await _wait_included(nodes[:3], [later])
+        assert nodes[0].consensus.core.ctx.committee.size == 3  # type: ignore[union-attr]
