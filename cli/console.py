@@ -175,6 +175,7 @@ class ConsoleApp:
         self.out = Console(highlight=False)
         self.methods: dict[str, dict[str, Any]] = {}
         self.events: list[str] = []
+        self.subscriptions: list[str] = []  # ids of this session's subscriptions, for completion
 
     def load_help(self) -> None:
         self.methods = {m["name"]: m for m in self.client.call("rpc_methods", None)}
@@ -230,6 +231,7 @@ class ConsoleApp:
             method, params = parse_command(line, self.methods)
             if method == "subscribe":
                 sub = self.client.subscribe(params, self.show_event)
+                self.subscriptions.append(sub.id)
                 self.out.print(
                     f"subscribed [bold]{sub.id}[/] to {', '.join(sub.events)}"
                     f" (unsubscribe {sub.id} to stop)"
@@ -238,6 +240,9 @@ class ConsoleApp:
             if method == "unsubscribe" and isinstance(params, list):
                 params = {"subscription": params[0]} if params else params
             self.show_result(self.client.call(method, params))
+            if method == "unsubscribe" and isinstance(params, dict):
+                with contextlib.suppress(ValueError):
+                    self.subscriptions.remove(params.get("subscription"))
         except CommandError as exc:
             self.out.print(f"[red]error:[/] {exc}")
         except RpcError as exc:
@@ -308,6 +313,8 @@ class _Completer(Completer):
             options = self.app.methods
         elif words[0] == "subscribe":
             options = self.app.events
+        elif words[0] == "unsubscribe":
+            options = self.app.subscriptions
         else:
             method = self.app.methods.get(words[0], {})
             options = [f"{p['name']}=" for p in method.get("params", [])]

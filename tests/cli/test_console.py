@@ -112,7 +112,7 @@ def test_interactive_console_in_a_pty(
         screen.expect("flnode>")
 
         child.sendline("subscribe peer_joined peer_left")
-        screen.expect(r"subscribed ([0-9a-f]{16}) to peer_joined, peer_left")
+        sid = screen.expect(r"subscribed ([0-9a-f]{16}) to peer_joined, peer_left").group(1)
         screen.expect("flnode>")
 
         # A second node joins: the event appears on the screen while the prompt waits.
@@ -129,6 +129,11 @@ def test_interactive_console_in_a_pty(
         child.send("\x1b[A")  # Up: history brings back the last command
         screen.expect("subscribe peer_joined peer_left")
         child.send("\x15")  # Ctrl-U clears the line
+        child.send("unsubscribe \t")  # Tab offers this session's subscription id
+        screen.expect(f"unsubscribe {sid}")
+        child.send("\r")
+        screen.expect("true")
+        screen.expect("flnode>")
         child.sendeof()  # Ctrl-D leaves
         child.expect(pexpect.EOF)
     finally:
