@@ -111,8 +111,7 @@ class Dispatcher:
             return _dumps(_error(PARSE_ERROR, f"parse error: not valid JSON ({exc})"))
         if isinstance(request, list):
             return await self._batch(request, session)
-        reply = await self.handle_request(request, session)
-        return None if reply is None else _dumps(reply)
+        return await self.handle_request(request, session)
 
     async def _batch(self, requests: list[Any], session: Session) -> str | None:
         if not requests:
@@ -127,7 +126,7 @@ class Dispatcher:
                     f"{self.max_batch} (api.max_batch)",
                 )
             )
-        replies: list[dict[str, Any] | None] = [None] * len(requests)
+        replies: list[str | None] = [None] * len(requests)
 
         async def one(i: int, request: Any) -> None:
             replies[i] = await self.handle_request(request, session)
@@ -136,19 +135,21 @@ class Dispatcher:
             for i, request in enumerate(requests):
                 nursery.start_soon(one, i, request)
         answered = [r for r in replies if r is not None]
-        return _dumps(answered) if answered else None
+        return f"[{','.join(answered)}]" if answered else None
 
-    async def handle_request(self, request: Any, session: Session) -> dict[str, Any] | None:
-        """Serve one decoded request object; None for a notification (no ``id``)."""
+    async def handle_request(self, request: Any, session: Session) -> str | None:
+        """The encoded reply to one decoded request object; None for a notification."""
         if not isinstance(request, dict):
             self.stats.errors[INVALID_REQUEST] += 1
-            return _error(INVALID_REQUEST, "invalid request: expected a JSON object")
+            return _dumps(_error(INVALID_REQUEST, "invalid request: expected a JSON object"))
         request_id = request.get("id")
         if not (request_id is None or isinstance(request_id, str | int)) or isinstance(
             request_id, bool
         ):
             self.stats.errors[INVALID_REQUEST] += 1
-            return _error(INVALID_REQUEST, "invalid request: id must be a string, number or null")
+            return _dumps(
+                _error(INVALID_REQUEST, "invalid request: id must be a string, number or null")
+            )
         is_notification = "id" not in request
         try:
             result = await self._call(request, session)
@@ -156,12 +157,13 @@ class Dispatcher:
             self.stats.errors[exc.code] += 1
             if is_notification:
                 return None
-            return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_json()}
+            return _dumps({"jsonrpc": "2.0", "id": request_id, "error": exc.to_json()})
         if is_notification:
             return None
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+        # The result is encoded already (in _call, where a failure is still an error reply).
+        return f'{{"jsonrpc":"2.0","id":{_dumps(request_id)},"result":{result}}}'
 
-    async def _call(self, request: dict[str, Any], session: Session) -> Any:
+    async def _call(self, request: dict[str, Any], session: Session) -> str:
         if request.get("jsonrpc") != "2.0":
             raise RpcError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"')
         name = request.get("method")
@@ -181,9 +183,7 @@ class Dispatcher:
         try:
             with trio.fail_after(self.call_timeout_s):
                 result = await method.handler(params)
-            encoded = _jsonable(result)
-            _dumps(encoded)  # fail here, inside the error handling, if it cannot be encoded
-            return encoded
+            return _dumps(_jsonable(result))  # encoded here, so a failure is an error reply
         except RpcError:
             raise
         except trio.TooSlowError:
