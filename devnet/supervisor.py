@@ -13,6 +13,7 @@ import json
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -60,7 +61,7 @@ def endpoint(network: Network, name: str) -> ApiEndpoint:
     )
 
 
-def prepare(directory: Any, layout: Layout | None, *, reset: bool = False) -> Network:
+def prepare(directory: Path, layout: Layout | None, *, reset: bool = False) -> Network:
     """The devnet in ``directory``: created from ``layout``, or the existing one reused."""
     if network_exists(directory):
         existing = load_network(directory)
