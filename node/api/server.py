@@ -38,6 +38,10 @@ log = get_logger("flnode.api")
 #: Frames up to this multiple of max_frame_bytes get an error reply instead of a closed socket.
 HARD_LIMIT_FACTOR = 4
 RECEIVE_BUFFER = 2**18  # stack notes §4: the 4 KiB default is slow for large frames
+#: A TCP connection that has not finished the websocket handshake by then is dropped (the
+#: library's default is 60 s, long enough for a trickle of half-open sockets to pile up).
+HANDSHAKE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0
 
 
 class ApiService(Service):
@@ -118,6 +122,8 @@ class ApiService(Service):
                     ssl_context=None,
                     max_message_size=self.settings.max_frame_bytes * HARD_LIMIT_FACTOR,
                     receive_buffer_size=RECEIVE_BUFFER,
+                    connect_timeout=HANDSHAKE_TIMEOUT_S,
+                    disconnect_timeout=CLOSE_TIMEOUT_S,
                 )
             )
             self.port = server.port
