@@ -18,9 +18,9 @@ from .conftest import Cast
 from .test_chain import _fill
 
 WORKER = Path(__file__).with_name("import_worker.py")
-BLOCKS = 16
-TXS_PER_BLOCK = 40
-KILLS = 4
+BLOCKS = 12
+TXS_PER_BLOCK = 30
+KILLS = 3
 
 
 def _check_consistent(spec: NetworkSpec, db_file: Path, reference: Chain, cast: Cast) -> int:
