@@ -38,6 +38,7 @@ from eth.exceptions import (
 )
 from eth.vm.forks import PragueVM
 from eth.vm.spoof import SpoofTransaction
+from eth_bloom import BloomFilter
 from eth_keys import keys
 from eth_utils import ValidationError, to_canonical_address, to_checksum_address
 
@@ -522,13 +523,21 @@ class Chain:
         address: str | bytes | None = None,
         topics: Sequence[bytes | None] = (),
     ) -> Iterator[Log]:
-        """Logs in a block range, filtered by emitter and by topic position (None = any)."""
-        last = self.head().number if to_block is None else min(to_block, self.head().number)
+        """Logs in a block range, filtered by emitter and by topic position (None = any).
+
+        Each header's bloom filter is checked first, so blocks that cannot hold a match are
+        skipped without reading their receipts.
+        """
+        head = self.head_header().block_number
+        last = head if to_block is None else min(to_block, head)
         want = as_address(address) if address is not None else None
+        probes = ([want] if want is not None else []) + [t for t in topics if t is not None]
         for number in range(max(0, from_block), last + 1):
-            block = self.block(number)
-            if not block.transactions:
+            header = self._chain.get_canonical_block_header_by_number(number)
+            bloom = BloomFilter(header.bloom)
+            if header.gas_used == 0 or any(p not in bloom for p in probes):
                 continue
+            block = self.block(number)
             for receipt in self._receipts_of(block):
                 for log in receipt.logs:
                     if want is not None and log.address != want:

@@ -203,6 +203,9 @@ def test_receipts_logs_and_reads(spec: NetworkSpec, cast: Cast) -> None:
     assert all(isinstance(t, bytes) and len(t) == 32 for t in log.topics)
     assert list(chain.logs(0, address=contract.address)) == [log]
     assert list(chain.logs(0, topics=[contract.event_topic("Withdrawn")])) == []
+    assert list(chain.logs(0, topics=[contract.event_topic("MinerRegistered")])) == [log]
+    assert list(chain.logs(0, address=cast.outsider.address)) == []
+    assert list(chain.logs(2)) == []
     assert chain.transaction(t1.hash).hash == t1.hash
     assert chain.nonce(d.address) == 2
     with pytest.raises(NotFound):
