@@ -61,9 +61,6 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
         on_peer_event=peer_event_publisher(bus),
     )
     monitor = LoopMonitor()
-    control = control_plane_services(
-        config, datadir, identity, bus=bus, monitor=monitor, blobs=blobs, p2p=p2p
-    )
     chain = chain_service_for(config, datadir, identity)
     ledger: list[Service] = []
     if chain is not None:
@@ -71,6 +68,9 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
 
         consensus = consensus_service_for(config, datadir, identity, p2p, chain)
         ledger = [chain, *([consensus] if consensus is not None else [])]
+    control = control_plane_services(
+        config, datadir, identity, bus=bus, monitor=monitor, blobs=blobs, p2p=p2p, extra=ledger
+    )
     return [monitor, blobs, p2p, *ledger, *control]
 
 

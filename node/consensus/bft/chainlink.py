@@ -10,7 +10,8 @@ in the chain's one worker thread) and adds the consensus' own records to the cha
   head is always there. Block sync serves these records. (The block bytes are stored twice, in
   py-evm's tables and here; serving sync from one copy is left for later.)
 * **Validation** of a proposal without importing it: the block must extend the head, carry a
-  timestamp at most ``max_future_s`` ahead of our clock, and **re-building** it from its own
+  timestamp at most ``max_future_s`` ahead of our clock (or its parent's plus one second, the
+  least it may be), and **re-building** it from its own
   transactions, coinbase and timestamp on our head must give the same hash (same execution,
   same roots, same header fields); then the node's application validator (the
   ``BlockValidator`` hook, e.g. re-checking a ``commitRound`` aggregate) has the last word.
@@ -22,7 +23,7 @@ in the chain's one worker thread) and adds the consensus' own records to the cha
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 import rlp
@@ -98,11 +99,24 @@ class ChainLink:
     async def pending(self) -> int:
         return await self.chain.run_sync(lambda: len(self.chain.chain.mempool))
 
-    async def pending_raw(self, limit: int) -> list[tuple[bytes, bytes]]:
-        """(hash, raw bytes) of up to ``limit`` pending transactions, in mempool order."""
-        return await self.chain.run_sync(
-            lambda: [(t.hash, t.encode()) for t in self.chain.chain.mempool.pending(limit)]
-        )
+    async def pending_raw(
+        self, limit: int, skip: Container[bytes] = ()
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """How many transactions are pending, and (hash, raw bytes) of up to ``limit`` of them
+        whose hash is not in ``skip``, in mempool order (only those are encoded)."""
+
+        def read() -> tuple[int, list[tuple[bytes, bytes]]]:
+            pending = self.chain.chain.mempool.pending()
+            out = []
+            for tx in pending:
+                if tx.hash in skip:
+                    continue
+                out.append((tx.hash, tx.encode()))
+                if len(out) >= limit:
+                    break
+            return len(pending), out
+
+        return await self.chain.run_sync(read)
 
     async def committee(self, head: Head) -> Committee:
         """The active staked miners at ``head`` (cached per head)."""
@@ -146,7 +160,9 @@ class ChainLink:
             header = block.header
             if header.parent_hash != head.hash:
                 return False, "does not extend the head", None
-            if header.timestamp > now + self.max_future_s:
+            # Ethereum timestamps are whole seconds and must grow, so a chain of several blocks a
+            # second runs ahead of the clock: parent + 1 is always acceptable.
+            if header.timestamp > max(now + self.max_future_s, head.timestamp + 1):
                 return False, f"timestamp {header.timestamp} is in the future", None
             try:
                 rebuilt = chain.build_block(

@@ -83,9 +83,9 @@ class TimeoutKind(enum.Enum):
 class Timeouts:
     """Base timeouts (seconds) and their growth per round (Tendermint's timeoutX(r))."""
 
-    propose: float = 1.0
-    prevote: float = 0.5
-    precommit: float = 0.5
+    propose: float = 3.0
+    prevote: float = 1.0
+    precommit: float = 1.0
     delta: float = 0.5
     maximum: float = 30.0
     credentials: float = 0.05
@@ -313,7 +313,13 @@ class Agreement:
         self._out = []
         if self.ctx is not None and height == self.height and not self.decided:
             if round_ == self.round:
-                if kind is TimeoutKind.PROPOSE and self.step is Step.PROPOSE:
+                # A proposal that came in time but is still being checked (a big block on a
+                # busy machine) is not a missing one: prevote when the check answers, not nil.
+                if (
+                    kind is TimeoutKind.PROPOSE
+                    and self.step is Step.PROPOSE
+                    and not self._validating_leader_proposal()
+                ):
                     self._vote(PREVOTE, NIL)
                     self.step = Step.PREVOTE
                 elif kind is TimeoutKind.PREVOTE and self.step is Step.PREVOTE:
@@ -578,6 +584,10 @@ class Agreement:
             self._validating.add(block_hash)
             self._out.append(ValidateBlock(self.height, block_hash, block.raw))
         return None
+
+    def _validating_leader_proposal(self) -> bool:
+        entry = self._leader_proposal(self.round)
+        return entry is not None and entry[1] in self._validating
 
     def _leader_proposal(self, round_: int) -> tuple[Proposal, bytes] | None:
         proposals = self._proposals.get(round_)

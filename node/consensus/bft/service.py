@@ -28,6 +28,7 @@ never signs, but it decides blocks from the gossiped proposals and precommits, a
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,9 +37,12 @@ from pathlib import Path
 
 import trio
 from eth_utils import keccak
+from pydantic import Field as PydanticField
+from pydantic import field_validator
 
 from ...identity import NodeIdentity
 from ...log import get_logger
+from ...rpc import Params, RpcMethod
 from ...service import Service
 from ..chain import Head
 from ..errors import BlockRejected, TransactionRejected
@@ -84,6 +88,7 @@ log = get_logger("flnode.consensus")
 
 _CHARGED_TX_REASONS = frozenset({"oversize", "malformed", "wrong-chain-id", "bad-signature"})
 _SEEN_TXS = 100_000
+_PARKED_TXS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +124,35 @@ class ConsensusStatistics:
     slash_submitted: int = 0
     offences: dict[str, int] = field(default_factory=dict)
     commit_ms: list[float] = field(default_factory=list)
+    """Per decided height: first proposal seen (sent or received) → block committed."""
+    txs_committed: int = 0
+    txs_parked: int = 0
 
 
 Event = Callable[[], Awaitable[None]]
+
+
+_HEX_TX = r"^(0x)?([0-9a-fA-F]{2})+$"
+
+
+class SubmitParams(Params):
+    """``consensus_submit``: one raw signed transaction."""
+
+    tx: str = PydanticField(pattern=_HEX_TX, max_length=2 * 128 * 1024 + 2)
+
+
+class SubmitBatchParams(Params):
+    """``consensus_submit_batch``: raw signed transactions, in the order to add them."""
+
+    txs: list[str] = PydanticField(min_length=1, max_length=1000)
+
+    @field_validator("txs")
+    @classmethod
+    def _hex(cls, txs: list[str]) -> list[str]:
+        for tx in txs:
+            if len(tx) > 2 * 128 * 1024 + 2 or re.fullmatch(_HEX_TX, tx) is None:
+                raise ValueError("each transaction must be 0x-prefixed hex of at most 128 KiB")
+        return txs
 
 
 class ConsensusService(Service):
@@ -155,8 +186,11 @@ class ConsensusService(Service):
         self._sync_wanted = trio.Event()
         self._seen_txs: OrderedDict[bytes, None] = OrderedDict()
         self._slashed: set[str] = set()
+        self._parked: dict[bytes, dict[int, bytes]] = {}
+        self._parked_count = 0
         self._last_commit = time.monotonic()
         self._height_started = time.monotonic()
+        self._proposal_seen: float | None = None
         self._committed = trio.Condition()
         self._rng = random.Random()
 
@@ -177,6 +211,91 @@ class ConsensusService(Service):
 
     def describe(self) -> dict[str, object]:
         return {}
+
+    def status(self) -> dict[str, object]:
+        """Where the consensus stands (the ``consensus_status`` API method)."""
+        core, head = self.core, self.head
+        ctx = core.ctx if core is not None else None
+        commit_ms = sorted(self.stats.commit_ms[-100:])
+        return {
+            "height": ctx.height if ctx else None,
+            "round": core.round if core else None,
+            "step": core.step.name.lower() if core and core.started else "idle",
+            "member": bool(core and core.is_member),
+            "address": self.identity.address,
+            "committee": sorted(ctx.committee.members) if ctx else [],
+            "quorum": ctx.committee.quorum if ctx else None,
+            "head": None
+            if head is None
+            else {
+                "number": head.number,
+                "hash": "0x" + head.hash.hex(),
+                "state_root": "0x" + head.state_root.hex(),
+                "txs": head.tx_count,
+            },
+            "committed": self.stats.committed,
+            "synced": self.stats.synced,
+            "sync_requests": self.stats.sync_requests,
+            "txs_gossiped": self.stats.txs_gossiped,
+            "txs_received": self.stats.txs_received,
+            "evidence": self.stats.evidence,
+            "slash_submitted": self.stats.slash_submitted,
+            "txs_committed": self.stats.txs_committed,
+            "txs_parked": self.stats.txs_parked,
+            "offences": dict(self.stats.offences),
+            "commit_ms_median": commit_ms[len(commit_ms) // 2] if commit_ms else None,
+        }
+
+    # -- control API (flnode.rpc.MethodProvider) ---------------------------------------------
+
+    @property
+    def rpc_namespace(self) -> str:
+        return "consensus"
+
+    def rpc_methods(self) -> list[RpcMethod]:
+        async def status(_: Params) -> dict[str, object]:
+            return self.status()
+
+        async def submit(params: SubmitParams) -> str:
+            raw = bytes.fromhex(params.tx.removeprefix("0x"))
+            return "0x" + (await self.submit(raw)).hex()
+
+        async def submit_batch(params: SubmitBatchParams) -> list[str]:
+            raws = [bytes.fromhex(t.removeprefix("0x")) for t in params.txs]
+
+            def add_all() -> list[str]:
+                out = []
+                for raw in raws:
+                    try:
+                        out.append("0x" + self.chain.chain.add_transaction(raw).hex())
+                    except TransactionRejected as exc:
+                        out.append(str(exc))
+                return out
+
+            return await self.chain.run_sync(add_all)
+
+        return [
+            RpcMethod(
+                "consensus_status",
+                status,
+                "Height, round, step, committee, head and counters of the BFT consensus.",
+                result="an object",
+            ),
+            RpcMethod(
+                "consensus_submit_batch",
+                submit_batch,
+                "Queue up to 1,000 raw signed transactions at once (one pass of the mempool).",
+                SubmitBatchParams,
+                result="per transaction its hash, or why it was rejected",
+            ),
+            RpcMethod(
+                "consensus_submit",
+                submit,
+                "Queue a raw signed transaction (hex) and gossip it to the other mempools.",
+                SubmitParams,
+                result="the transaction hash",
+            ),
+        ]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -230,6 +349,7 @@ class ConsensusService(Service):
         ctx = await self._context()
         has_work = await self.link.pending() > 0
         self._height_started = time.monotonic()
+        self._proposal_seen = None
         self.stats.height, self.stats.round = ctx.height, 0
         await self._apply(self.core.start_height(ctx, has_work=has_work))
 
@@ -245,9 +365,13 @@ class ConsensusService(Service):
             return
         self.head, self._seed = head, seed
         self._last_commit = time.monotonic()
+        if self._parked:
+            await self.chain.run_sync(self._retry_parked)
+        self.stats.txs_committed += head.tx_count
         if how == "decided":
             self.stats.committed += 1
-            self.stats.commit_ms.append((time.monotonic() - self._height_started) * 1000)
+            since = self._proposal_seen or self._height_started
+            self.stats.commit_ms.append((time.monotonic() - since) * 1000)
             del self.stats.commit_ms[:-1000]
         else:
             self.stats.synced += 1
@@ -269,6 +393,8 @@ class ConsensusService(Service):
         assert self._nursery is not None and self.core is not None
         for action in actions:
             if isinstance(action, Broadcast):
+                if isinstance(action.message, Proposal) and self._proposal_seen is None:
+                    self._proposal_seen = time.monotonic()
                 try:
                     self._outbox_send.send_nowait((BFT_TOPIC, encode_message(action.message)))
                 except trio.WouldBlock:
@@ -378,6 +504,13 @@ class ConsensusService(Service):
                 continue
 
             async def handle(message: object = message, peer: str = peer) -> None:
+                if (
+                    isinstance(message, Proposal)
+                    and self._proposal_seen is None
+                    and core.ctx is not None
+                    and message.height == core.ctx.height
+                ):
+                    self._proposal_seen = time.monotonic()
                 await self._apply(core.on_message(message, peer))  # type: ignore[arg-type]
 
             await self._post(handle)
@@ -408,14 +541,51 @@ class ConsensusService(Service):
                     break
 
     def _add_all(self, raws: list[bytes]) -> list[str]:
-        """Add gossiped transactions to the mempool (chain thread); the rejection reasons."""
+        """Add gossiped transactions to the mempool (chain thread); the rejection reasons.
+
+        Gossip may deliver a sender's transactions out of nonce order (they entered the network
+        at different nodes), and the mempool refuses gaps: such a transaction is *parked* under
+        its sender and nonce, and added as soon as the nonces before it are in (after any
+        transaction got in, and after every commit).
+        """
+        chain = self.chain.chain
         reasons = []
+        added = False
         for raw in raws:
             try:
-                self.chain.chain.add_transaction(raw)
+                chain.add_transaction(raw)
+                added = True
             except TransactionRejected as exc:
-                reasons.append(exc.reason)
+                if exc.reason == "nonce-gap" and self._parked_count < _PARKED_TXS:
+                    tx = chain.decode_transaction(raw)
+                    self._parked.setdefault(tx.sender, {})[tx.nonce] = raw
+                    self._parked_count += 1
+                    self.stats.txs_parked += 1
+                else:
+                    reasons.append(exc.reason)
+        if added and self._parked:
+            self._retry_parked()
         return reasons
+
+    def _retry_parked(self) -> None:
+        """Add the parked transactions whose turn has come (chain thread)."""
+        mempool = self.chain.chain.mempool
+        for sender, queue in list(self._parked.items()):
+            account = self.chain.chain.nonce(sender)
+            for nonce in [n for n in queue if n < account]:
+                del queue[nonce]  # included meanwhile (or replaced): never valid again
+                self._parked_count -= 1
+            nonce = mempool.next_nonce(sender)
+            while nonce in queue:
+                raw = queue.pop(nonce)
+                self._parked_count -= 1
+                try:
+                    mempool.add(raw)
+                except TransactionRejected:
+                    break
+                nonce += 1
+            if not queue:
+                del self._parked[sender]
 
     def _remember(self, digest: bytes) -> None:
         self._seen_txs[digest] = None
@@ -427,7 +597,7 @@ class ConsensusService(Service):
         assert core is not None
         while True:
             await trio.sleep(self.settings.tx_gossip_interval_s)
-            pending = await self.link.pending_raw(4 * MAX_TX_BATCH)
+            count, pending = await self.link.pending_raw(4 * MAX_TX_BATCH, self._seen_txs)
             batch: list[bytes] = []
             size = 0
             for digest, raw in pending:
@@ -441,7 +611,7 @@ class ConsensusService(Service):
                 size += len(raw)
             if batch:
                 self._send_txs(batch)
-            wake = bool(pending)
+            wake = count > 0
             interval = self.settings.max_block_interval_s
             if interval > 0 and time.monotonic() - self._last_commit > interval:
                 wake = True
