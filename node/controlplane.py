@@ -113,7 +113,9 @@ def control_plane_services(
 
     Each object in ``extra`` (typically a later layer's service) that is a
     :class:`~flnode.rpc.MethodProvider` has its namespace served, and each that is a
-    :class:`~flnode.metrics.MetricsProvider` has its samples exported.
+    :class:`~flnode.metrics.MetricsProvider` has its samples exported. When one of them is the
+    chain service, the ledger's namespaces and ``block_committed`` events come with it
+    (:class:`flnode.chain_methods.ChainApi`, started before the API).
     """
     services: list[Service] = []
     api: ApiService | None = None
@@ -121,6 +123,10 @@ def control_plane_services(
         api = ApiService(config.api, datadir.token_file, bus)
         api.add_provider(node_provider(P2PNodeInfo(config, identity, p2p)))
         api.add_provider(privacy_provider(datadir.privacy_dir))
+    chain_api = _chain_api(extra, bus, blobs, identity)
+    if chain_api is not None:
+        services.append(chain_api)
+        extra = [*extra, chain_api, *(chain_api.providers() if api is not None else [])]
     if api is not None:
         for obj in extra:
             if isinstance(obj, MethodProvider):
@@ -149,6 +155,22 @@ def control_plane_services(
     if api is not None:
         services.append(api)  # last: once it answers, everything it reports is running
     return services
+
+
+def _chain_api(
+    extra: Sequence[object], bus: EventBus, blobs: BlobStoreService, identity: NodeIdentity
+) -> Any:
+    """The ledger's API service (:mod:`flnode.chain_methods`) when ``extra`` holds the chain.
+
+    Imported only then: a node without a ledger never loads py-evm.
+    """
+    if not extra:
+        return None
+    from .chain_methods import ChainApi
+    from .consensus.service import ChainService
+
+    chain = next((obj for obj in extra if isinstance(obj, ChainService)), None)
+    return None if chain is None else ChainApi(chain, bus, blobs, identity)
 
 
 def _node_samples(config: NodeConfig, identity: NodeIdentity, started: float) -> Iterable[Sample]:

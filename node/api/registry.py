@@ -15,6 +15,11 @@ from ..rpc import METHOD_NOT_FOUND, MethodProvider, RpcError, RpcMethod
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9]*$")
+#: Namespaces whose method names follow another standard's spelling. Ethereum's JSON-RPC names
+#: are camelCase after the namespace (``eth_getBlockByNumber``), and tools call them by exactly
+#: that name, so these namespaces may use ``<namespace>_<camelCase>``; every other is snake_case.
+FOREIGN_NAMESPACES = frozenset({"eth", "net", "web3"})
+_FOREIGN_NAME = re.compile(r"^([a-z][a-z0-9]*)_[a-z][A-Za-z0-9]*$")
 
 
 class MethodRegistry:
@@ -24,8 +29,9 @@ class MethodRegistry:
         self._methods: dict[str, RpcMethod] = {}
 
     def add(self, method: RpcMethod) -> None:
-        """Register one method; its name must be new and lower_snake_case."""
-        if not _NAME.match(method.name):
+        """Register one method; its name must be new and lower_snake_case (see FOREIGN_NAMESPACES)."""
+        foreign = _FOREIGN_NAME.match(method.name)
+        if not _NAME.match(method.name) and not (foreign and foreign[1] in FOREIGN_NAMESPACES):
             raise ValueError(f"method name {method.name!r} must be lower_snake_case")
         if method.name in self._methods:
             raise ValueError(f"method {method.name!r} is already registered")
