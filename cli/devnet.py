@@ -163,7 +163,7 @@ def _print_status(network: Any, *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return
-    table = Table("node", "roles", "peer id", "api", "pid", "alive", "peers", box=None)
+    table = Table("node", "roles", "peer id", "api", "pid", "alive", "height", "peers", box=None)
     for r in rows:
         peers = "-" if r.peers is None else str(r.peers)
         if r.api_error:
@@ -175,6 +175,7 @@ def _print_status(network: Any, *, as_json: bool) -> None:
             r.api_url,
             str(r.pid or "-"),
             "[green]yes[/]" if r.alive else "[red]no[/]",
+            "-" if r.height is None else str(r.height),
             peers,
         )
     Console(width=None if sys.stdout.isatty() else 160).print(table)

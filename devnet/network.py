@@ -6,6 +6,8 @@
     <dir>/nodes/<name>/      the node's data dir (config.toml written by the devnet, node.key, ...)
     <dir>/logs/<name>.log    the node's stderr+stdout (JSON log lines), appended across restarts
     <dir>/run/<name>.pid     the pid of the node's current process
+    <dir>/network.toml       the chain's network file, when the layout has miners: every node
+                             funded, every miner staked (so the miners form the BFT committee)
 
 Ports (p2p, API, metrics) are chosen once, when the devnet is created, and written into each
 node's ``config.toml``: a restarted node comes back on the same addresses, so its peers' books
@@ -29,8 +31,14 @@ from .errors import DevnetError
 from .layout import Layout
 
 NETWORK_FILE = "devnet.json"
+CHAIN_FILE = "network.toml"
 FORMAT = 1
 SEEDS = 2
+#: The devnet chain: an id that is not a public network's, and amounts that make a demo easy.
+CHAIN_ID = 1337
+FUNDS_WEI = 1000 * 10**18
+STAKE_WEI = 10 * 10**18
+MIN_STAKE_WEI = 10**18
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +144,8 @@ def create_network(directory: Path, layout: Layout) -> Network:
             )
         )
     network = Network(directory, layout, tuple(nodes), time.time())
+    if any("miner" in n.roles for n in nodes):
+        _write_chain_file(network)
     for node in nodes:
         _write_config(network, node)
     write_file_atomically(
@@ -143,6 +153,23 @@ def create_network(directory: Path, layout: Layout) -> Network:
         (json.dumps(network.to_json(), indent=2) + "\n").encode("utf-8"),
     )
     return network
+
+
+def _write_chain_file(network: Network) -> None:
+    """The ledger's network file: every node funded, the miners staked (they are the committee).
+
+    Imported here only: a devnet without miners runs no chain and needs no py-evm.
+    """
+    from ..consensus.network import new_network
+
+    spec = new_network(
+        network_id=network.layout.network_id,
+        chain_id=CHAIN_ID,
+        accounts=[(n.address, FUNDS_WEI) for n in network.nodes],
+        miners=[(n.address, STAKE_WEI) for n in network.nodes if "miner" in n.roles],
+        min_stake=MIN_STAKE_WEI,
+    )
+    spec.save(network.dir / CHAIN_FILE)
 
 
 def _write_config(network: Network, node: DevnetNode) -> None:
@@ -159,6 +186,8 @@ def _write_config(network: Network, node: DevnetNode) -> None:
     p2p.setdefault("reconnect_max_backoff_s", 5.0)
     config.setdefault("api", {}).update({"enabled": True, "port": node.api_port})
     config.setdefault("metrics", {}).update({"enabled": True, "port": node.metrics_port})
+    if (network.dir / CHAIN_FILE).exists():  # a layout may opt out: chain.network_file = ""
+        config.setdefault("chain", {}).setdefault("network_file", str(network.dir / CHAIN_FILE))
     header = f"# Written by `flnode devnet` for node {node.name}; edit the layout instead.\n"
     (network.datadir(node.name) / "config.toml").write_text(
         header + tomli_w.dumps(config), encoding="utf-8"

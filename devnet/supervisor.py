@@ -20,6 +20,7 @@ import trio
 
 from ..api import ApiClient, ApiEndpoint
 from ..errors import FLNodeError
+from ..rpc import METHOD_NOT_FOUND, RpcError
 from .errors import DevnetError
 from .layout import Layout
 from .network import SEEDS, Network, create_network, load_network, network_exists
@@ -276,6 +277,8 @@ class NodeStatus:
     peers: int | None = None
     api_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Number of the node's chain head (None: not running, or the node runs no chain).
+    height: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -288,6 +291,7 @@ class NodeStatus:
             "alive": self.alive,
             "peers": self.peers,
             "api_error": self.api_error,
+            "height": self.height,
             **self.extra,
         }
 
@@ -301,6 +305,7 @@ async def status(network: Network) -> list[NodeStatus]:
         pid = node_pid(network, name)
         alive = is_alive(pid, network.datadir(name))
         peers: int | None = None
+        height: int | None = None
         error: str | None = None
         if alive:
             try:
@@ -309,6 +314,11 @@ async def status(network: Network) -> list[NodeStatus]:
                         endpoint(network, name), connect_timeout=_STATUS_CALL_TIMEOUT_S
                     ) as client:
                         peers = int((await client.call("node_peers"))["connected"])
+                        try:
+                            height = int((await client.call("chain_head"))["number"])
+                        except RpcError as exc:  # a node without a chain has no chain_head
+                            if exc.code != METHOD_NOT_FOUND:
+                                raise
             except (FLNodeError, trio.TooSlowError, OSError) as exc:
                 error = str(exc) or type(exc).__name__
         rows[name] = NodeStatus(
@@ -321,6 +331,7 @@ async def status(network: Network) -> list[NodeStatus]:
             alive,
             peers,
             error,
+            height=height,
         )
 
     async with trio.open_nursery() as nursery:

@@ -72,6 +72,19 @@ def test_up_status_kill_restart_down(
     )
     assert json.loads(info.stdout)["peer_id"] == rows["miner-0"]["peer_id"]
 
+    # The devnet runs a chain (its miner is the committee): a transfer signed by device-0 is
+    # committed by the devnet's consensus, and every node's status shows the new height.
+    assert all(r["height"] == 0 for r in rows.values()), rows
+    _commit_transfer(flnode_exe, clean_env, devnet_dir)
+    _wait(
+        lambda: all(r["height"] == 1 for r in _status(flnode_exe, clean_env, devnet_dir).values()),
+        30,
+        "block 1 on every node",
+    )
+    wallet = _console(flnode_exe, clean_env, devnet_dir, "manufacturer-0", "wallet_balance")
+    assert wallet["balance"]["wei"] == str(1000 * 10**18 + 1)
+    assert _console(flnode_exe, clean_env, devnet_dir, "miner-0", "eth_chainId") == "0x539"
+
     again = _flnode(flnode_exe, clean_env, "devnet", "up", "--dir", d)
     assert again.returncode == 1 and "already running" in again.stderr
 
@@ -107,6 +120,30 @@ def test_up_status_kill_restart_down(
     assert not any(r["alive"] for r in _status(flnode_exe, clean_env, devnet_dir).values())
     for row in rows.values():
         assert _gone(row["pid"]), row
+
+
+def _console(exe: list[str], env: dict[str, str], d: Path, node: str, command: str) -> Any:
+    done = _flnode(exe, env, "console", "--datadir", str(d / "nodes" / node), "--exec", command)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _commit_transfer(exe: list[str], env: dict[str, str], d: Path) -> None:
+    """Sign 1 wei from device-0 to manufacturer-0 and queue it through device-0's API."""
+    from eth.db.atomic import AtomicDB
+
+    from flnode.consensus.chain import Chain
+    from flnode.consensus.network import load_network
+    from flnode.identity import NodeIdentity
+
+    spec = load_network(d / "network.toml")
+    sender = NodeIdentity.load(d / "nodes" / "device-0" / "node.key")
+    receiver = NodeIdentity.load(d / "nodes" / "manufacturer-0" / "node.key")
+    tx = Chain(spec, AtomicDB()).sign_transaction(
+        sender.private_key, to=receiver.address, value=1, gas=21_000
+    )
+    command = f"consensus_submit tx=0x{tx.encode().hex()}"
+    assert _console(exe, env, d, "device-0", command) == "0x" + tx.hash.hex()
 
 
 def _gone(pid: int) -> bool:
