@@ -257,7 +257,12 @@ def _web3_audit(url: str, spec: NetworkSpec, device: str, commit_tx: str) -> dic
                 revert = ""
             except ContractLogicError as exc:
                 revert = str(exc)
+            async with w3.batch_requests() as batch:  # one JSON-RPC batch frame
+                batch.add(w3.eth.get_block(0))
+                batch.add(w3.eth.get_balance(device))
+                batched = await batch.async_execute()
             return {
+                "batched": batched,
                 "chain_id": await w3.eth.chain_id,
                 "net_version": await w3.net.version,
                 "client": await w3.client_version,
@@ -312,6 +317,8 @@ async def test_web3_reads_the_ledger(ledger_node: Setup) -> None:
     assert got["code"] and got["nonce"] == 2
     assert got["task_count"] == 1 and got["task_count_at_genesis"] == 0
     assert got["reputation"] == 666_666
+    assert got["batched"][0]["hash"] == got["genesis"]["hash"]
+    assert got["batched"][1] == got["balance"]
     assert "nothing to withdraw" in got["revert"]
     (committed,) = got["committed"]
     assert committed["args"]["aggregate"] == Cid.from_data(b"agg").digest
