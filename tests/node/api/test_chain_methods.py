@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,3 +395,59 @@ def test_registry_allows_camel_case_only_in_ethereum_namespaces() -> None:
     with pytest.raises(ValueError, match="lower_snake_case"):
         registry.add(RpcMethod("eth_get_Block", nothing, "x"))
     assert "eth_getBlockByNumber" in registry
+
+
+async def test_a_transaction_waiting_for_consensus_is_pending(tmp_path: Path) -> None:
+    """A follower whose committee is offline: a queued transaction is pending, not lost."""
+    me = init_datadir(tmp_path / "node").identity
+    absent = NodeIdentity.from_secret((99).to_bytes(32, "big"))
+    spec = new_network(
+        network_id="idle-net",
+        chain_id=31338,
+        accounts=[(me.address, 100 * ETHER)],
+        miners=[(absent.address, 2 * ETHER)],
+        min_stake=ETHER,
+    )
+    spec.save(tmp_path / "net.toml")
+    config = NodeConfig.model_validate(
+        {
+            "node": {"shutdown_timeout_s": 1.0, "network_id": "idle-net"},
+            "chain": {"network_file": str(tmp_path / "net.toml")},
+        }
+    )
+    node = Node(config, me, tmp_path / "node")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        try:
+            async with ApiClient.open(ApiEndpoint.from_datadir(node.datadir.path)) as c:
+                chain = node.service("chain")
+                tx = await chain.run_sync(  # type: ignore[attr-defined]
+                    lambda: chain.chain.sign_transaction(  # type: ignore[attr-defined]
+                        me.private_key, to=STRANGER, value=1, gas=21_000
+                    )
+                )
+                raw = "0x" + tx.encode().hex()
+                tx_hash = "0x" + tx.hash.hex()
+                assert await c.call("consensus_submit", {"tx": raw}) == tx_hash
+                assert await c.call("chain_tx", {"hash": tx_hash}) == {
+                    "hash": tx_hash,
+                    "status": "pending",
+                }
+                assert await c.call("eth_getTransactionReceipt", [tx_hash]) is None
+                assert (await c.call("chain_head"))["number"] == 0
+                assert await c.call("eth_blockNumber") == "0x0"
+                # Nobody owes this node anything: withdraw refuses before sending anything.
+                refused = await _error(c, "wallet_withdraw", {"wait_s": 1})
+                assert "nothing to withdraw" in refused.message
+                state = node.datadir.state_file.read_text()
+                url = json.loads(state)["metrics_url"]
+                text = await trio.to_thread.run_sync(_scrape, url)
+                assert "flnode_chain_height 0.0" in text
+                assert "flnode_chain_blocks_committed_total 0.0" in text
+        finally:
+            node.request_stop()
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
