@@ -384,8 +384,8 @@ def _log_filter(
             except KeyError:
                 raise ValueError(f"no block with hash {flt['blockHash']}") from None
         else:
-            first = _number_or_head(chain, flt.get("fromBlock", "latest"), head)
-            last = _number_or_head(chain, flt.get("toBlock", "latest"), head)
+            first = _requested(flt.get("fromBlock", "latest"), head)
+            last = _requested(flt.get("toBlock", "latest"), head)
         raw_addr = flt.get("address")
         addresses = None
         if raw_addr is not None:
@@ -405,6 +405,7 @@ def _log_filter(
         raise _bad(f"eth_getLogs: {exc}") from None
     if first > last:
         raise _bad(f"eth_getLogs: fromBlock {first} is after toBlock {last}")
+    last = min(last, head)  # blocks beyond the head hold no logs yet (first > last: none)
     if last - first + 1 > MAX_LOG_BLOCKS:
         raise _bad(
             f"eth_getLogs: a range of {last - first + 1} blocks is over the limit of "
@@ -413,16 +414,22 @@ def _log_filter(
     return first, last, addresses, topics
 
 
-def _number_or_head(chain: Chain, ref: Any, head: int) -> int:
+def _requested(ref: Any, head: int) -> int:
+    """The block number a filter bound names (possibly beyond the head)."""
     if ref is None:
         return head
     _check_block(ref)
-    number = resolve_block(chain, ref)
-    return head if number is None else number
+    if ref == "earliest":
+        return 0
+    if isinstance(ref, str) and ref in _FINAL_TAGS:
+        return head
+    return _parse_quantity(ref, "block")
 
 
 def _logs(chain: Chain, flt: dict[str, Any]) -> list[dict[str, Any]]:
     first, last, addresses, topics = _log_filter(chain, flt)
+    if first > last:
+        return []
     # Chain.logs filters one address and one topic per position; lists (OR) are checked here.
     exact = [t[0] if t is not None and len(t) == 1 else None for t in topics]
     address = addresses[0] if addresses is not None and len(addresses) == 1 else None

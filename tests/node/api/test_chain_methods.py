@@ -22,6 +22,7 @@ import pytest
 import trio
 from safetensors.numpy import save as save_safetensors
 
+from flnode import eth_rpc
 from flnode.api import ApiClient, ApiEndpoint
 from flnode.api.registry import MethodRegistry
 from flnode.cid import Cid
@@ -330,7 +331,9 @@ async def test_web3_reads_the_ledger(ledger_node: Setup) -> None:
     assert got["receipt_events"][0]["args"] == committed["args"]
 
 
-async def test_eth_methods_raw_answers_and_errors(ledger_node: Setup) -> None:
+async def test_eth_methods_raw_answers_and_errors(
+    ledger_node: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The Ethereum subset over the flnode client: nulls where Ethereum has them, clear errors."""
     c, spec = ledger_node.client, ledger_node.spec
     head = int(await c.call("eth_blockNumber"), 16)
@@ -374,6 +377,16 @@ async def test_eth_methods_raw_answers_and_errors(ledger_node: Setup) -> None:
         "eth_getLogs", [{"fromBlock": "0x0", "address": [spec.ledger_address, "0x" + "00" * 20]}]
     )
     assert len(listed) == len(all_logs)
+    ahead = {"fromBlock": hex(head + 1), "toBlock": hex(head + 5)}
+    assert await c.call("eth_getLogs", [ahead]) == []
+    monkeypatch.setattr(eth_rpc, "MAX_LOG_BLOCKS", 2)
+    too_wide = await _error(c, "eth_getLogs", [{"fromBlock": "0x0", "toBlock": hex(10**6)}])
+    assert too_wide.code == -32602 and "over the limit of 2" in too_wide.message
+    monkeypatch.setattr(eth_rpc, "MAX_LOG_BLOCKS", 10_000)
+    monkeypatch.setattr(eth_rpc, "MAX_LOGS", 1)
+    too_many = await _error(c, "eth_getLogs", [{"fromBlock": "0x0"}])
+    assert too_many.code == -32005 and "more than 1 logs" in too_many.message
+    monkeypatch.undo()
     backwards = await _error(c, "eth_getLogs", [{"fromBlock": hex(head), "toBlock": "0x0"}])
     assert backwards.code == -32602 and "after toBlock" in backwards.message
     both = await _error(c, "eth_getLogs", [{"blockHash": block_hash, "fromBlock": "0x0"}])
