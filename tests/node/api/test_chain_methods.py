@@ -331,6 +331,32 @@ async def test_web3_reads_the_ledger(ledger_node: Setup) -> None:
     assert got["receipt_events"][0]["args"] == committed["args"]
 
 
+# (py-evm header field, Ethereum JSON key, b = bytes / i = integer)
+_HEADER_FIELDS = [
+    ("parent_hash", "parentHash", "b"),
+    ("uncles_hash", "sha3Uncles", "b"),
+    ("coinbase", "miner", "b"),
+    ("state_root", "stateRoot", "b"),
+    ("transaction_root", "transactionsRoot", "b"),
+    ("receipt_root", "receiptsRoot", "b"),
+    ("bloom", "logsBloom", "i"),
+    ("difficulty", "difficulty", "i"),
+    ("block_number", "number", "i"),
+    ("gas_limit", "gasLimit", "i"),
+    ("gas_used", "gasUsed", "i"),
+    ("timestamp", "timestamp", "i"),
+    ("extra_data", "extraData", "b"),
+    ("mix_hash", "mixHash", "b"),
+    ("nonce", "nonce", "b"),
+    ("base_fee_per_gas", "baseFeePerGas", "i"),
+    ("withdrawals_root", "withdrawalsRoot", "b"),
+    ("blob_gas_used", "blobGasUsed", "i"),
+    ("excess_blob_gas", "excessBlobGas", "i"),
+    ("parent_beacon_block_root", "parentBeaconBlockRoot", "b"),
+    ("requests_hash", "requestsHash", "b"),
+]
+
+
 async def test_eth_methods_raw_answers_and_errors(
     ledger_node: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,6 +376,18 @@ async def test_eth_methods_raw_answers_and_errors(
     assert short.code == -32602 and "20 bytes" in short.message
     nonce = await c.call("eth_getTransactionCount", [ledger_node.device.address, "latest"])
     assert nonce == "0x2"
+
+    # The block object is faithful: its fields rebuild a header with the block's own hash.
+    from eth.vm.forks.prague.blocks import PragueBlockHeader
+
+    blk = await c.call("eth_getBlockByNumber", ["latest", False])
+    rebuilt = PragueBlockHeader(
+        **{
+            name: (bytes.fromhex(blk[key][2:]) if kind == "b" else int(blk[key], 16))
+            for name, key, kind in _HEADER_FIELDS
+        }
+    )
+    assert "0x" + rebuilt.hash.hex() == blk["hash"]
 
     withdraw = "0x" + LedgerContract(spec.ledger_address).withdraw().hex()
     reverted = await _error(c, "eth_call", [{"to": spec.ledger_address, "data": withdraw}])
