@@ -136,6 +136,8 @@ def control_plane_services(
         for obj in extra:
             if isinstance(obj, MetricsProvider):
                 metrics.add_source(obj.metric_samples)
+        for stats in _consensus_stats(extra):
+            metrics.add_source(lambda stats=stats: _consensus_samples(stats))
         started = time.time()
         blob_stats: list[Any] = []
 
@@ -171,6 +173,51 @@ def _chain_api(
 
     chain = next((obj for obj in extra if isinstance(obj, ChainService)), None)
     return None if chain is None else ChainApi(chain, bus, blobs, identity)
+
+
+def _consensus_stats(extra: Sequence[object]) -> list[Any]:
+    """The statistics of a consensus service among ``extra`` (read at scrape time)."""
+    if not extra:
+        return []
+    from .consensus.bft.service import ConsensusService
+
+    return [obj.stats for obj in extra if isinstance(obj, ConsensusService)]
+
+
+def _consensus_samples(s: Any) -> Iterable[Sample]:
+    yield Sample("flnode_consensus_height", "gauge", "Height the consensus is deciding.", s.height)
+    yield Sample(
+        "flnode_consensus_round",
+        "gauge",
+        "Round at that height (above 0: earlier rounds timed out or failed).",
+        s.round,
+    )
+    for name, value, text in (
+        ("committed", s.committed, "Blocks this node committed by agreement."),
+        ("synced", s.synced, "Blocks adopted through block sync."),
+        ("sync_requests", s.sync_requests, "Block-sync requests sent."),
+        ("txs_gossiped", s.txs_gossiped, "Transactions gossiped to the other mempools."),
+        ("txs_received", s.txs_received, "Gossiped transactions received."),
+        ("txs_committed", s.txs_committed, "Transactions in committed blocks."),
+        ("evidence", s.evidence, "Equivocations detected (slashing evidence)."),
+    ):
+        yield Sample(f"flnode_consensus_{name}", "counter", text, value)
+    for reason, count in sorted(s.offences.items()):
+        yield Sample(
+            "flnode_consensus_offences",
+            "counter",
+            "Consensus messages rejected, by reason.",
+            count,
+            {"reason": reason},
+        )
+    recent = sorted(s.commit_ms[-100:])
+    if recent:
+        yield Sample(
+            "flnode_consensus_commit_seconds",
+            "gauge",
+            "Median time from first proposal to commit over the last 100 heights.",
+            recent[len(recent) // 2] / 1000,
+        )
 
 
 def _node_samples(config: NodeConfig, identity: NodeIdentity, started: float) -> Iterable[Sample]:

@@ -495,6 +495,8 @@ async def test_a_transaction_waiting_for_consensus_is_pending(tmp_path: Path) ->
                 text = await trio.to_thread.run_sync(_scrape, url)
                 assert "flnode_chain_height 0.0" in text
                 assert "flnode_chain_blocks_committed_total 0.0" in text
+                assert "flnode_consensus_height 1.0" in text  # waiting for its committee
+                assert "flnode_consensus_committed_total 0.0" in text
         finally:
             node.request_stop()
 
