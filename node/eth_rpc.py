@@ -3,7 +3,8 @@
 The ledger is an Ethereum chain (py-evm, Prague rules), so tools such as web3.py, ethers or a
 block explorer can read it if the node speaks their protocol. This module serves ``eth_chainId``,
 ``eth_blockNumber``, ``eth_getBlockByNumber``, ``eth_getBlockByHash``, ``eth_getBalance``,
-``eth_getCode``, ``eth_getTransactionCount``, ``eth_call``, ``eth_getLogs``,
+``eth_getCode``, ``eth_getStorageAt``, ``eth_getTransactionCount``, ``eth_call``, ``eth_getLogs``,
+``eth_syncing``,
 ``eth_getTransactionByHash``, ``eth_getTransactionReceipt``, ``net_version`` and
 ``web3_clientVersion`` with Ethereum's encodings (quantities as ``0x``-hex without leading zeros,
 data as ``0x``-hex, checksummed addresses, ``null`` for a block or transaction that is not there)
@@ -124,6 +125,24 @@ class AccountParams(_BlockParam):
     @classmethod
     def _address(cls, v: str) -> str:
         return _checked(v, "address", 20)
+
+
+class StorageParams(_BlockParam):
+    address: str = Field(description="Contract address (0x + 40 hex digits).")
+    slot: str | int = Field(description="Storage slot (hex quantity).")
+    block: BlockRef = Field("latest", description="Block number (hex) or tag.")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return _checked(v, "address", 20)
+
+    @field_validator("slot")
+    @classmethod
+    def _slot(cls, v: str | int) -> str | int:
+        if _parse_quantity(v, "slot") >= 2**256:
+            raise ValueError("a storage slot is below 2**256")
+        return v
 
 
 class CallParams(_BlockParam):
@@ -498,6 +517,18 @@ def eth_providers(service: ChainService) -> list[StaticProvider]:
         state = _evm(chain).get_vm(_header_at(chain, p.block)).state
         return quantity(state.get_nonce(_hex_bytes(p.address, "address", 20)))
 
+    def storage(chain: Chain, p: StorageParams) -> str:
+        state = _evm(chain).get_vm(_header_at(chain, p.block)).state
+        word = state.get_storage(
+            _hex_bytes(p.address, "address", 20), _parse_quantity(p.slot, "slot")
+        )
+        return data(int(word).to_bytes(32, "big"))
+
+    def syncing(chain: Chain, _: NoParams) -> bool:
+        # A node that is behind catches up by block sync before it takes part, and what it
+        # serves meanwhile is its own committed chain: never a half-synced state.
+        return False
+
     def call(chain: Chain, p: CallParams) -> str:
         to, payload, sender, value, gas = _call_args(p.call)
         header = _header_at(chain, p.block)
@@ -589,6 +620,19 @@ def eth_providers(service: ChainService) -> list[StaticProvider]:
                     "An account's nonce at a block.",
                     AccountParams,
                     result="QUANTITY",
+                ),
+                m(
+                    "eth_getStorageAt",
+                    on_chain(storage),
+                    "One 32-byte storage word of a contract at a block.",
+                    StorageParams,
+                    result="DATA (32 bytes)",
+                ),
+                m(
+                    "eth_syncing",
+                    on_chain(syncing),
+                    "Always false: the node serves only blocks it has committed.",
+                    result="false",
                 ),
                 m(
                     "eth_call",

@@ -389,6 +389,17 @@ async def test_eth_methods_raw_answers_and_errors(
     )
     assert "0x" + rebuilt.hash.hex() == blk["hash"]
 
+    # Genesis writes the ledger's parameters and stakes into its storage: some early slot is set.
+    words = [
+        await c.call("eth_getStorageAt", [spec.ledger_address, hex(i), "latest"]) for i in range(4)
+    ]
+    assert all(len(w) == 66 for w in words) and any(int(w, 16) for w in words)
+    genesis_word = await c.call("eth_getStorageAt", [spec.ledger_address, "0x0", "earliest"])
+    assert len(genesis_word) == 66
+    huge = await _error(c, "eth_getStorageAt", [spec.ledger_address, hex(2**256), "latest"])
+    assert huge.code == -32602 and "below 2**256" in huge.message
+    assert await c.call("eth_syncing") is False
+
     withdraw = "0x" + LedgerContract(spec.ledger_address).withdraw().hex()
     reverted = await _error(c, "eth_call", [{"to": spec.ledger_address, "data": withdraw}])
     assert reverted.code == 3 and "nothing to withdraw" in reverted.message
