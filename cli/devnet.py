@@ -72,7 +72,8 @@ def up_command(
     timeout: float,
     reset: bool,
 ) -> None:
-    """Create (or reuse) the devnet in --dir, start its nodes and wait until all are connected."""
+    """Create (or reuse) the devnet in --dir, start its nodes and wait until all are connected
+    (and, when it has miners, until every node has committed a first block)."""
     import trio
 
     from flnode.devnet import layout_from_counts, load_layout, prepare, up

@@ -19,8 +19,10 @@ from .supervisor import CONNECTED as CONNECTED
 from .supervisor import DEFAULT_CHECKS as DEFAULT_CHECKS
 from .supervisor import NodeStatus as NodeStatus
 from .supervisor import ReadinessCheck as ReadinessCheck
+from .supervisor import default_checks as default_checks
 from .supervisor import down as down
 from .supervisor import endpoint as endpoint
+from .supervisor import first_block_check as first_block_check
 from .supervisor import prepare as prepare
 from .supervisor import restart as restart
 from .supervisor import status as status
@@ -37,8 +39,10 @@ __all__ = [
     "NodeSpec",
     "NodeStatus",
     "ReadinessCheck",
+    "default_checks",
     "down",
     "endpoint",
+    "first_block_check",
     "layout_from_counts",
     "load_layout",
     "load_network",

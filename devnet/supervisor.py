@@ -9,6 +9,7 @@ touching the launcher. A node that dies while ``up`` waits fails it with the end
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ from ..errors import FLNodeError
 from ..rpc import METHOD_NOT_FOUND, RpcError
 from .errors import DevnetError
 from .layout import Layout
-from .network import SEEDS, Network, create_network, load_network, network_exists
+from .network import CHAIN_FILE, SEEDS, Network, create_network, load_network, network_exists
 from .processes import StopOutcome, is_alive, log_tail, node_pid, start_node, stop_nodes
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -50,6 +51,56 @@ async def _connected_to_all(client: ApiClient, network: Network, name: str) -> b
 
 CONNECTED = ReadinessCheck("connected", _connected_to_all)
 DEFAULT_CHECKS: tuple[ReadinessCheck, ...] = (CONNECTED,)
+
+
+def first_block_check() -> ReadinessCheck:
+    """Every node has committed block 1: the miners' consensus runs and everyone follows it.
+
+    The consensus makes no empty blocks, so the first miner queues one transaction (0 wei to
+    itself, signed with its own key from its data dir) while its chain is still at genesis.
+    """
+    sent: set[str] = set()
+
+    async def check(client: ApiClient, network: Network, name: str) -> bool:
+        if int((await client.call("chain_head"))["number"]) >= 1:
+            return True
+        first_miner = next(n.name for n in network.nodes if "miner" in n.roles)
+        if name == first_miner and name not in sent:
+            sent.add(name)
+            # A refusal means it is queued already (an earlier `up` while this node kept running).
+            with contextlib.suppress(RpcError):
+                await client.call("consensus_submit", {"tx": await _self_transfer(client, network)})
+        return False
+
+    return ReadinessCheck("first block", check)
+
+
+async def _self_transfer(client: ApiClient, network: Network) -> str:
+    from eth.db.atomic import AtomicDB
+
+    from ..consensus.chain import Chain
+    from ..consensus.network import load_network as load_chain_file
+    from ..identity import NodeIdentity
+
+    info = await client.call("node_info")
+    name = next(n.name for n in network.nodes if n.peer_id == info["peer_id"])
+    key = NodeIdentity.load(network.datadir(name) / "node.key")
+    nonce = int(await client.call("eth_getTransactionCount", [key.address, "latest"]), 16)
+
+    def sign() -> str:
+        signer = Chain(load_chain_file(network.dir / CHAIN_FILE), AtomicDB())
+        tx = signer.sign_transaction(key.private_key, to=key.address, gas=21_000, nonce=nonce)
+        return "0x" + tx.encode().hex()
+
+    return await trio.to_thread.run_sync(sign)
+
+
+def default_checks(network: Network) -> tuple[ReadinessCheck, ...]:
+    """Connected to all, and with a chain (a layout with miners) a first committed block."""
+    if (network.dir / CHAIN_FILE).exists() and any("miner" in n.roles for n in network.nodes):
+        return (CONNECTED, first_block_check())
+    return DEFAULT_CHECKS
+
 
 Progress = Callable[[dict[str, int]], None]
 """Called with counts such as {"started": 4, "ready": 3, "connected": 1, "total": 4}."""
@@ -96,10 +147,13 @@ async def up(
     network: Network,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-    checks: Sequence[ReadinessCheck] = DEFAULT_CHECKS,
+    checks: Sequence[ReadinessCheck] | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Start every node that is not running and wait until all are ready and pass ``checks``."""
+    """Start every node that is not running and wait until all are ready and pass ``checks``
+    (by default :func:`default_checks`)."""
+    if checks is None:
+        checks = default_checks(network)
     running = [
         n.name
         for n in network.nodes
