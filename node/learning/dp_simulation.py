@@ -41,9 +41,9 @@ from .ledger import PrivacyLedger
 from .mechanisms import noise_generator
 from .models import ModelSpec, SplitModel, build_model
 from .offload import release_for_offload, train_head_job
-from .partition import partition_indices
 from .privacy import FeatureRelease
 from .serialization import weights_from_bytes, weights_to_bytes
+from .simulation import SimulationConfig, partition_for
 from .training import RandomShift, evaluate, pretrain, set_threads
 
 StageCallback = Callable[[str], None]
@@ -93,9 +93,9 @@ class DpSimulationResult:
         return 100.0 * (self.final_accuracy - self.public_only_accuracy)
 
 
-def model_spec_for(config: object) -> ModelSpec:
+def model_spec_for(config: SimulationConfig) -> ModelSpec:
     """The ``dp-cnn`` spec of a DP-SGD task (bottleneck from the config)."""
-    return ModelSpec.create("dp-cnn", bottleneck=config.bottleneck)  # type: ignore[attr-defined]
+    return ModelSpec.create("dp-cnn", bottleneck=config.bottleneck)
 
 
 def plan_feature_release(
@@ -137,7 +137,7 @@ def plan_feature_release(
 
 
 def run_dp_simulation(
-    config: object,
+    config: SimulationConfig,
     *,
     on_stage: StageCallback | None = None,
     on_round: Callable[[DpRound], None] | None = None,
@@ -145,7 +145,7 @@ def run_dp_simulation(
     """Run one ``dpsgd-full`` or ``dpsgd-extractor`` task (``config``: a SimulationConfig)."""
     cfg = config
     stage = on_stage or (lambda _msg: None)
-    mode = cfg.mode  # type: ignore[attr-defined]
+    mode = cfg.mode
     if mode not in ("dpsgd-full", "dpsgd-extractor"):
         raise ValueError(f"run_dp_simulation runs the DP-SGD modes, not {mode!r}")
     set_threads(cfg.threads)
@@ -159,16 +159,7 @@ def run_dp_simulation(
     )
     stage("loading data")
     ds = load_dataset(cfg.dataset)
-    part = partition_indices(
-        ds.train_labels,
-        cfg.n_devices,
-        scheme=cfg.partition,
-        public_size=cfg.public_size,
-        alpha=cfg.alpha,
-        classes_per_device=cfg.classes_per_device,
-        seed=cfg.seed,
-        max_samples_per_device=cfg.max_samples_per_device,
-    )
+    part = partition_for(cfg, ds.train_labels)
     images = to_tensor(ds.train_images)
     labels = labels_to_tensor(ds.train_labels)
     test_x, test_y = to_tensor(ds.test_images), labels_to_tensor(ds.test_labels)
@@ -328,7 +319,7 @@ def run_dp_simulation(
 
 
 def _release_and_train_head(
-    cfg: object,
+    cfg: SimulationConfig,
     spec: ModelSpec,
     global_state: dict[str, Tensor],
     images: Tensor,
@@ -354,9 +345,9 @@ def _release_and_train_head(
         head_state={k: v for k, v in global_state.items() if k.startswith("head.")},
         extractor_version=version,
         generator=generator,
-        epochs=cfg.head_epochs,  # type: ignore[attr-defined]
-        lr=cfg.head_lr,  # type: ignore[attr-defined]
-        batch_size=cfg.batch_size,  # type: ignore[attr-defined]
+        epochs=cfg.head_epochs,
+        lr=cfg.head_lr,
+        batch_size=cfg.batch_size,
         seed=seed,
     )
     return train_head_job(spec, job)

@@ -185,6 +185,23 @@ class ArchParams:
         return cls(**data)
 
 
+def _head_norm(p: Any, coord_range: tuple[float, float]) -> nn.Module:
+    """The head's input normalisation named by ``p.norm`` (params with norm, bottleneck, ...)."""
+    return build_norm(
+        p.norm, p.bottleneck, coord_range=coord_range, noise_scale=p.noise_scale,
+        groups=p.norm_groups,
+    )  # fmt: skip
+
+
+def _check_norm(p: Any) -> None:
+    """Norm-specific rules (groups divide d, per-sample norms need d ≥ 2, ...), on the meta device."""
+    try:
+        with torch.device("meta"):
+            p.make_norm()
+    except NormConfigError as exc:
+        raise ModelSpecError(f"parameter 'norm' ({p.norm!r}): {exc}") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class SplitCnnParams(ArchParams):
     """Parameters of ``"split-cnn"`` (defaults: learning.md §4's prototype on MNIST).
@@ -217,11 +234,7 @@ class SplitCnnParams(ArchParams):
             raise ModelSpecError(
                 f"parameter 'coord_lo' ({self.coord_lo}) must be below 'coord_hi' ({self.coord_hi})"
             )
-        try:  # validates norm-specific rules (groups divide d, per-sample norms need d >= 2, ...)
-            with torch.device("meta"):
-                self.make_norm()
-        except NormConfigError as exc:
-            raise ModelSpecError(f"parameter 'norm' ({self.norm!r}): {exc}") from exc
+        _check_norm(self)
 
     @property
     def feature_map_size(self) -> int:
@@ -237,13 +250,7 @@ class SplitCnnParams(ArchParams):
         return self.conv2_channels * self.feature_map_size**2
 
     def make_norm(self) -> nn.Module:
-        return build_norm(
-            self.norm,
-            self.bottleneck,
-            coord_range=(self.coord_lo, self.coord_hi),
-            noise_scale=self.noise_scale,
-            groups=self.norm_groups,
-        )
+        return _head_norm(self, (self.coord_lo, self.coord_hi))
 
 
 def _activation(name: str) -> nn.Module:
@@ -300,11 +307,7 @@ class DpCnnParams(ArchParams):
     noise_scale: float | None = _param(None, _Float(0.0, 1e9, optional=True), "noise scale")
 
     def _check_together(self) -> None:
-        try:
-            with torch.device("meta"):
-                self.make_norm()
-        except NormConfigError as exc:
-            raise ModelSpecError(f"parameter 'norm' ({self.norm!r}): {exc}") from exc
+        _check_norm(self)
 
     @property
     def feature_map_size(self) -> int:
@@ -317,13 +320,7 @@ class DpCnnParams(ArchParams):
         return self.conv2_channels * self.feature_map_size**2
 
     def make_norm(self) -> nn.Module:
-        return build_norm(
-            self.norm,
-            self.bottleneck,
-            coord_range=(-1.0, 1.0),
-            noise_scale=self.noise_scale,
-            groups=self.norm_groups,
-        )
+        return _head_norm(self, (-1.0, 1.0))  # tanh features
 
 
 def _dp_cnn_extractor(p: DpCnnParams) -> nn.Module:

@@ -44,7 +44,7 @@ from .ledger import PrivacyLedger
 from .mechanisms import noise_generator
 from .models import ModelSpec, build_head, build_model
 from .norms import NORMS
-from .partition import partition_indices
+from .partition import Partition, partition_indices
 from .privacy import Accounting, FeatureRelease, NoisyFeatureCache, sample_ids_key
 from .serialization import weights_from_bytes, weights_to_bytes
 from .training import RandomShift, evaluate, extract_features, pretrain, set_threads, train_head
@@ -345,6 +345,20 @@ class Prepared:
     extract_seconds: list[tuple[int, float]]
 
 
+def partition_for(cfg: SimulationConfig, labels: Any) -> Partition:
+    """The public slice and the device shards of ``cfg`` over the training ``labels``."""
+    return partition_indices(
+        labels,
+        cfg.n_devices,
+        scheme=cfg.partition,
+        public_size=cfg.public_size,
+        alpha=cfg.alpha,
+        classes_per_device=cfg.classes_per_device,
+        seed=cfg.seed,
+        max_samples_per_device=cfg.max_samples_per_device,
+    )
+
+
 def prepare_key(cfg: SimulationConfig) -> tuple[Any, ...]:
     """What a pre-trained Prepared depends on: runs with equal keys can share one."""
     return tuple(getattr(cfg, name) for name in _PREPARE_FIELDS)
@@ -520,17 +534,7 @@ def run_simulation(
     strategy: Strategy = strategy_from_spec(cfg.strategy, **dict(cfg.strategy_params))
     spec, release, bounding = prepared.spec, prepared.release, prepared.bounding
     noise = _Noise(release, cfg.noise_seed)
-    ds_labels = prepared.train_labels.numpy().astype("uint8")
-    part = partition_indices(
-        ds_labels,
-        cfg.n_devices,
-        scheme=cfg.partition,
-        public_size=cfg.public_size,
-        alpha=cfg.alpha,
-        classes_per_device=cfg.classes_per_device,
-        seed=cfg.seed,
-        max_samples_per_device=cfg.max_samples_per_device,
-    )
+    part = partition_for(cfg, prepared.train_labels.numpy().astype("uint8"))
     device_idx = [torch.tensor(s, dtype=torch.int64) for s in part.shards]
 
     # 2. each device releases its noisy features once, charged to its privacy ledger.
