@@ -36,7 +36,7 @@ SOURCE = "bench.privacy_modes"
 
 def grid(quick: bool) -> list[dict[str, Any]]:
     """The runs, most important first: every mode at ε = 10 with 500 and 2,000 public images;
-    ε = 1 and 3 for the DP-SGD modes at 500; one DP-SGD run from a deliberately weak
+    ε = 1 and 3 for ``dpsgd-full`` at 500; one ``dpsgd-full`` run from a deliberately weak
     (early-stopped) public model."""
     runs: list[dict[str, Any]] = []
     for public in (500, 2000):
@@ -55,8 +55,6 @@ def grid(quick: bool) -> list[dict[str, Any]]:
     for eps in (1.0, 3.0):
         runs.append({"mode": "dpsgd-full", "public_size": 500, "epsilon": eps})
     runs.append({"mode": "dpsgd-full", "public_size": 500, "pretrain_epochs": 5})
-    for eps in (1.0, 3.0):
-        runs.append({"mode": "dpsgd-extractor", "public_size": 500, "epsilon": eps})
     for run in runs:
         run.setdefault("epsilon", 10.0)
         run.update(n_devices=8, delta=DELTA, seed=0, threads=1)
