@@ -130,6 +130,17 @@ async def _main(sizes: list[int], samples: int, burst: int) -> dict[str, Any]:
                 results.update(await _commit_latency(net, count, samples))
                 if count == 4:
                     results.update(await _throughput(net, burst))
+            except (trio.TooSlowError, AssertionError) as exc:
+                # Record the failure instead of losing the other sizes' numbers.
+                results[f"commit_ms_{count}"] = None
+                results[f"failure_{count}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                try:
+                    statuses = await _statuses(net)
+                    results[f"stalled_at_{count}"] = [
+                        (s["height"], s["round"], s["step"], s["votes"]) for s in statuses
+                    ]
+                except Exception:  # the nodes may be gone; the failure is recorded anyway
+                    pass
             finally:
                 net.stop_all()
         print(results, flush=True)

@@ -63,6 +63,9 @@ MAX_ROUNDS_AHEAD = 64
 """Messages for rounds further ahead than this are dropped (bounds memory per peer)."""
 MAX_FUTURE_HEIGHTS = 2
 MAX_FUTURE_MESSAGES = 4096
+MAX_FUTURE_BYTES = 32 * 2**20
+"""Messages of the next heights are kept (a node that commits a little later than the others
+needs the next proposal), bounded in count and in proposal bytes."""
 
 
 class Step(enum.IntEnum):
@@ -175,6 +178,15 @@ class Behind:
 
 
 @dataclass(frozen=True, slots=True)
+class PullRound:
+    """The round made no progress for a rebroadcast period: ask peers directly for what they
+    hold of (height, round) and feed it back with :meth:`Agreement.on_message`."""
+
+    height: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
 class Offence:
     """A message was rejected; ``origin`` is what the driver passed in (e.g. the peer)."""
 
@@ -199,6 +211,7 @@ Action = (
     | Decide
     | NeedBlock
     | Behind
+    | PullRound
     | Offence
     | EvidenceFound
 )
@@ -239,6 +252,7 @@ class Agreement:
         self.stats = _Stats()
         self.ctx: HeightContext | None = None
         self._future: dict[int, list[tuple[Message, object]]] = defaultdict(list)
+        self._future_bytes = 0
         self._out: list[Action] = []
         self._reset()
 
@@ -262,6 +276,8 @@ class Agreement:
         self._proposed: set[int] = set()
         self._credentials_waited: set[int] = set()
         self._own: dict[int, list[Message]] = defaultdict(list)
+        self._credentials: dict[int, dict[str, Credential]] = defaultdict(dict)
+        self._last_mark: tuple[int, ...] | None = None
         self._evidence: set[tuple[str, int, int, int]] = set()
         self._need_block: set[bytes] = set()
         self._behind = 0
@@ -273,6 +289,28 @@ class Agreement:
     @property
     def is_member(self) -> bool:
         return self.ctx is not None and self.address in self.ctx.committee
+
+    def _progress_mark(self) -> tuple[int, ...]:
+        r = self.round
+        return (
+            r,
+            int(self.step),
+            len(self._priorities.get(r, ())),
+            len(self._proposals.get(r, ())),
+            self._count(r, PREVOTE),
+            self._count(r, PRECOMMIT),
+        )
+
+    def round_messages(self, height: int, round_: int) -> list[Message]:
+        """Every credential, proposal and vote held for (height, round) of the current height
+        (what a peer asks for with a ``RoundRequest``)."""
+        if self.ctx is None or height != self.height:
+            return []
+        out: list[Message] = list(self._credentials.get(round_, {}).values())
+        out.extend(p for p, _ in self._proposals.get(round_, {}).values())
+        for kind in (PREVOTE, PRECOMMIT):
+            out.extend(self._votes.get((round_, kind), {}).values())
+        return out
 
     def votes(self, round_: int, kind: int) -> dict[str, VoteMessage]:
         """The counted votes of one round and kind, by signer (read-only use)."""
@@ -287,6 +325,9 @@ class Agreement:
         self._out = []
         for h in [h for h in self._future if h < ctx.height]:
             del self._future[h]
+        self._future_bytes = sum(
+            len(m.block) for ms in self._future.values() for m, _ in ms if isinstance(m, Proposal)
+        )
         if has_work:
             self._start_round(0)
         for message, origin in self._future.pop(ctx.height, []):
@@ -332,6 +373,10 @@ class Agreement:
             if kind is TimeoutKind.REBROADCAST and self.started:
                 for message in self._own.get(self.round, ()):
                     self._out.append(Broadcast(message))
+                mark = self._progress_mark()
+                if mark == self._last_mark:
+                    self._out.append(PullRound(self.height, self.round))
+                self._last_mark = mark
                 self._schedule(TimeoutKind.REBROADCAST, self.round)
             self._progress()
         return self._flush()
@@ -383,11 +428,14 @@ class Agreement:
         if message.height < self.height:
             return  # late: that height is decided
         if message.height > self.height:
+            size = len(message.block) if isinstance(message, Proposal) else 0
             if (
                 message.height <= self.height + MAX_FUTURE_HEIGHTS
                 and sum(len(v) for v in self._future.values()) < MAX_FUTURE_MESSAGES
+                and self._future_bytes + size <= MAX_FUTURE_BYTES
             ):
                 self._future[message.height].append((message, origin))
+                self._future_bytes += size
             if message.height > self._behind:
                 self._behind = message.height
                 self._out.append(Behind(message.height))
@@ -421,6 +469,7 @@ class Agreement:
         )
         self._member(signer, "credential")
         self._note_credential(message.round, signer, message.credential)
+        self._credentials[message.round].setdefault(signer, message)
         return True
 
     def _note_credential(self, round_: int, signer: str, credential: bytes) -> None:
@@ -506,7 +555,9 @@ class Agreement:
         if self.is_member:
             credential = self.signer.credential(self.ctx.seed, self.height, round_)
             self._note_credential(round_, self.address, credential)
-            self._send(Credential(self.height, round_, credential))
+            message = Credential(self.height, round_, credential)
+            self._credentials[round_][self.address] = message
+            self._send(message)
         if ("rebroadcast", 0) not in self._fired:
             self._fired.add(("rebroadcast", 0))
             self._schedule(TimeoutKind.REBROADCAST, round_)

@@ -21,6 +21,8 @@ tag    message              fields
 6      :class:`TxBatch`     [raw transaction, ...]
 7      :class:`SyncRequest` first height, count
 8      :class:`SyncResponse`  [certified block (as tag 5 without the tag), ...]
+9      :class:`RoundRequest`  height, round
+10     :class:`RoundResponse`  [encoded credential, proposal or vote, ...]
 =====  ===================  ==================================================================
 
 Signatures (all :mod:`flnode.identity`, domain-separated):
@@ -70,6 +72,9 @@ TAG_CERTIFIED_BLOCK = 5
 TAG_TX_BATCH = 6
 TAG_SYNC_REQUEST = 7
 TAG_SYNC_RESPONSE = 8
+TAG_ROUND_REQUEST = 9
+TAG_ROUND_RESPONSE = 10
+MAX_ROUND_MESSAGES = 4096
 
 
 def _bad(detail: str, reason: str = "malformed") -> InvalidConsensusMessage:
@@ -488,6 +493,55 @@ class SyncResponse:
         return cls(tuple(CertifiedBlock.from_fields(b) for b in _dec_list(f[0], "blocks")))
 
 
+@dataclass(frozen=True)
+class RoundRequest:
+    """Ask a peer for every consensus message it holds for (height, round) of its current height.
+
+    Gossip does not retransmit, and a lossy mesh can starve a round; a node whose round makes no
+    progress pulls the messages directly (Tendermint's peers gossip round state the same way).
+    """
+
+    height: int
+    round: int
+
+    TAG = TAG_ROUND_REQUEST
+
+    def __post_init__(self) -> None:
+        _uint(self.height, "height", minimum=1)
+        _uint(self.round, "round", maximum=MAX_ROUND)
+
+    def fields(self) -> list[Any]:
+        return [self.height, self.round]
+
+    @classmethod
+    def from_fields(cls, f: list[Any]) -> RoundRequest:
+        _dec_list(f, "round request", 2)
+        return cls(_dec_uint(f[0], "height"), _dec_uint(f[1], "round"))
+
+
+@dataclass(frozen=True)
+class RoundResponse:
+    """Encoded credentials, proposals and votes (each a message of its own, checked as such)."""
+
+    messages: tuple[bytes, ...]
+
+    TAG = TAG_ROUND_RESPONSE
+
+    def __post_init__(self) -> None:
+        if type(self.messages) is not tuple or len(self.messages) > MAX_ROUND_MESSAGES:
+            raise _bad(f"a round response holds at most {MAX_ROUND_MESSAGES} messages")
+        for m in self.messages:
+            _bytes(m, "message", max_size=MAX_MESSAGE_SIZE)
+
+    def fields(self) -> list[Any]:
+        return [list(self.messages)]
+
+    @classmethod
+    def from_fields(cls, f: list[Any]) -> RoundResponse:
+        _dec_list(f, "round response", 1)
+        return cls(tuple(_dec_list(f[0], "messages")))
+
+
 Message = (
     Credential
     | Proposal
@@ -497,6 +551,8 @@ Message = (
     | TxBatch
     | SyncRequest
     | SyncResponse
+    | RoundRequest
+    | RoundResponse
 )
 
 _BY_TAG: dict[int, Any] = {
@@ -510,6 +566,8 @@ _BY_TAG: dict[int, Any] = {
         TxBatch,
         SyncRequest,
         SyncResponse,
+        RoundRequest,
+        RoundResponse,
     )
 }
 

@@ -27,6 +27,7 @@ never signs, but it decides blocks from the gossiped proposals and precommits, a
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -60,6 +61,7 @@ from .core import (
     EvidenceFound,
     NeedBlock,
     Offence,
+    PullRound,
     ScheduleTimeout,
     Timeouts,
     ValidateBlock,
@@ -70,11 +72,15 @@ from .messages import (
     MAX_SYNC_RESPONSE_SIZE,
     MAX_TX_BATCH,
     MAX_TX_BATCH_BYTES,
+    PRECOMMIT,
+    PREVOTE,
     CertifiedBlock,
     CommitCertificate,
     Credential,
     Evidence,
     Proposal,
+    RoundRequest,
+    RoundResponse,
     SyncRequest,
     SyncResponse,
     TxBatch,
@@ -89,6 +95,7 @@ log = get_logger("flnode.consensus")
 _CHARGED_TX_REASONS = frozenset({"oversize", "malformed", "wrong-chain-id", "bad-signature"})
 _SEEN_TXS = 100_000
 _PARKED_TXS = 10_000
+_MAX_PULL_PEERS = 16  # a stalled round asks every peer of a committee-sized network at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,11 @@ class ConsensusSettings:
     sync_batch: int = 32
     sync_timeout_s: float = 10.0
     sync_interval_s: float = 5.0
+    behind_grace_s: float = 1.0
+    """How long after seeing a later height's message a node still behind starts a sync."""
+    sync_peers: int = 3
+    """Peers asked per sync pass when they have nothing new (a pass stops at the first that
+    serves blocks)."""
     initial_sync_s: float = 10.0
 
 
@@ -127,6 +139,9 @@ class ConsensusStatistics:
     """Per decided height: first proposal seen (sent or received) → block committed."""
     txs_committed: int = 0
     txs_parked: int = 0
+    events: int = 0
+    published: int = 0
+    round_pulls: int = 0
 
 
 Event = Callable[[], Awaitable[None]]
@@ -193,6 +208,7 @@ class ConsensusService(Service):
         self._proposal_seen: float | None = None
         self._committed = trio.Condition()
         self._rng = random.Random()
+        self._debug = logging.getLogger("flnode.consensus").isEnabledFor(logging.DEBUG)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -244,6 +260,14 @@ class ConsensusService(Service):
             "txs_parked": self.stats.txs_parked,
             "offences": dict(self.stats.offences),
             "commit_ms_median": commit_ms[len(commit_ms) // 2] if commit_ms else None,
+            "events": self.stats.events,
+            "published": self.stats.published,
+            "round_pulls": self.stats.round_pulls,
+            "outbox": self._outbox.statistics().current_buffer_used,
+            "votes": {
+                "prevote": len(core.votes(core.round, PREVOTE)) if core and ctx else 0,
+                "precommit": len(core.votes(core.round, PRECOMMIT)) if core and ctx else 0,
+            },
         }
 
     # -- control API (flnode.rpc.MethodProvider) ---------------------------------------------
@@ -333,6 +357,7 @@ class ConsensusService(Service):
     async def _event_loop(self) -> None:
         async for event in self._events:
             await event()
+            self.stats.events += 1
 
     async def _post(self, event: Event) -> None:
         await self._events_send.send(event)
@@ -410,8 +435,12 @@ class ConsensusService(Service):
                 await self._committed_block(
                     CertifiedBlock(action.block, action.certificate), action.next_seed, "decided"
                 )
-            elif isinstance(action, NeedBlock | Behind):
+            elif isinstance(action, NeedBlock):
                 self._sync_wanted.set()
+            elif isinstance(action, PullRound):
+                self._nursery.start_soon(self._pull_round, action)
+            elif isinstance(action, Behind):
+                self._nursery.start_soon(self._maybe_behind, action.height)
             elif isinstance(action, Offence):
                 self._charge(action.origin, action.reason, action.detail)
             elif isinstance(action, EvidenceFound):
@@ -485,10 +514,15 @@ class ConsensusService(Service):
 
     async def _publish_loop(self) -> None:
         async for topic, data in self._outbox:
+            started = trio.current_time()
             try:
                 await self.network.publish(topic, data)
+                self.stats.published += 1
             except Exception as exc:  # never let a publish failure stop the consensus
                 log.warning("consensus publish failed", topic=topic, error=repr(exc))
+            took = trio.current_time() - started
+            if took > 1.0:
+                log.warning("consensus publish slow", topic=topic, seconds=round(took, 2))
 
     async def _bft_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
         core = self.core
@@ -502,6 +536,15 @@ class ConsensusService(Service):
             if not isinstance(message, Credential | Proposal | VoteMessage | Evidence):
                 self._charge(peer, "wrong-topic", type(message).__name__)
                 continue
+            if self._debug:
+                log.debug(
+                    "consensus message in",
+                    type=type(message).__name__,
+                    height=getattr(message, "height", None),
+                    round=getattr(message, "round", None),
+                    kind=getattr(message, "kind", None),
+                    peer=peer[-8:],
+                )
 
             async def handle(message: object = message, peer: str = peer) -> None:
                 if (
@@ -637,6 +680,10 @@ class ConsensusService(Service):
         except InvalidConsensusMessage as exc:
             self._charge(peer, exc.reason, exc.detail)
             return encode_message(SyncResponse(()))
+        if isinstance(message, RoundRequest):
+            core = self.core
+            held = core.round_messages(message.height, message.round) if core else []
+            return encode_message(RoundResponse(tuple(encode_message(m) for m in held)))
         if not isinstance(message, SyncRequest):
             self._charge(peer, "wrong-protocol", type(message).__name__)
             return encode_message(SyncResponse(()))
@@ -646,6 +693,56 @@ class ConsensusService(Service):
             MAX_SYNC_RESPONSE_SIZE - 65536,
         )
         return encode_message(SyncResponse(tuple(blocks)))
+
+    async def _pull_round(self, action: PullRound) -> None:
+        """Ask a few peers for what they hold of a stalled round, and feed it to the core."""
+        core = self.core
+        assert core is not None
+        self.stats.round_pulls += 1
+        peers = self.network.peers()
+        self._rng.shuffle(peers)
+        request = encode_message(RoundRequest(action.height, action.round))
+        async with trio.open_nursery() as nursery:
+            for peer in peers[:_MAX_PULL_PEERS]:
+                nursery.start_soon(self._pull_from, peer, request)
+
+    async def _pull_from(self, peer: str, request: bytes) -> None:
+        core = self.core
+        assert core is not None
+        try:
+            with trio.fail_after(self.settings.sync_timeout_s):
+                raw = await self.network.request_sync(peer, request)
+            response = decode_message(raw, max_size=MAX_SYNC_RESPONSE_SIZE)
+        except InvalidConsensusMessage as exc:
+            self._charge(peer, exc.reason, exc.detail)
+            return
+        except Exception as exc:  # timeouts, dial and stream errors of any kind
+            log.debug("round pull failed", peer=peer, error=repr(exc))
+            return
+        if not isinstance(response, RoundResponse):
+            return
+        messages: list[Credential | Proposal | VoteMessage] = []
+        for data in response.messages:
+            try:
+                message = decode_message(data)
+            except InvalidConsensusMessage as exc:
+                self._charge(peer, exc.reason, exc.detail)
+                return
+            if isinstance(message, Credential | Proposal | VoteMessage):
+                messages.append(message)
+
+        async def feed() -> None:
+            for message in messages:
+                await self._apply(core.on_message(message, peer))
+
+        await self._post(feed)
+
+    async def _maybe_behind(self, height: int) -> None:
+        """A message of a later height arrived. Usually we are just committing a little later
+        than the sender, so sync only if we are still behind after a moment."""
+        await trio.sleep(self.settings.behind_grace_s)
+        if self.head is not None and self.head.number + 1 < height:
+            self._sync_wanted.set()
 
     async def _sync_loop(self) -> None:
         while True:
@@ -667,7 +764,7 @@ class ConsensusService(Service):
         peers = self.network.peers()
         self._rng.shuffle(peers)
         adopted = 0
-        for peer in peers:
+        for peer in peers[: max(1, self.settings.sync_peers)] if not direct else peers:
             while True:
                 assert self.head is not None
                 request = SyncRequest(self.head.number + 1, self.settings.sync_batch)
@@ -691,6 +788,8 @@ class ConsensusService(Service):
                 adopted += count
                 if count < len(response.blocks) or count < self.settings.sync_batch:
                     break
+            if adopted:
+                break  # caught up with this peer's head; the core takes it from here
         return adopted
 
     async def _adopt_in_loop(self, blocks: tuple[CertifiedBlock, ...], peer: str) -> int:

@@ -58,6 +58,7 @@ class ProcessNet:
         self.daemons: list[Daemon | None] = [None] * count
         self._signer = Chain(self.spec, AtomicDB())
         self._nonces = [0] * funded
+        self.extra_args: list[str] = []
 
     def addr(self, i: int) -> str:
         return f"/ip4/127.0.0.1/tcp/{self.ports[i]}/p2p/{self.ids[i].peer_id}"
@@ -79,6 +80,7 @@ class ProcessNet:
             "--role",
             "miner",
             *boot,
+            *self.extra_args,
         )
         self.daemons[i] = daemon
         return daemon

@@ -69,8 +69,9 @@ async def test_four_miner_processes_commit_survive_a_kill_and_catch_up(
         # it restarts (same data dir, same port) and catches up by itself
         net.start(3)
         net.wait_ready(3)
-        statuses = await wait_heads(net.dirs, lambda s: _same_head(s, target), 90)
-        assert statuses[3]["synced"] >= target - first
+        # (by block sync, or by importing the certified block it had recorded just before the
+        # kill: both paths end at the same head)
+        await wait_heads(net.dirs, lambda s: _same_head(s, target), 90)
         last = net.transfers(3)
         await submit_all(net.dirs[3], last)
         await wait_heads(net.dirs, lambda s: _same_head(s, target + 1), 90)

@@ -118,3 +118,19 @@ async def test_equivocation_is_proven_and_slashed_on_chain(tmp_path: Path) -> No
         later = await _transfer(nodes[1], nodes[0].identity.address)
         await _wait_included(nodes[:3], [later])
         assert nodes[0].consensus.core.ctx.committee.size == 3  # type: ignore[union-attr]
+
+
+async def test_partition_two_two_heals_without_forks(tmp_path: Path) -> None:
+    async with running_nodes(tmp_path) as (net, nodes, _):
+        first = await _transfer(nodes[0], nodes[1].identity.address)
+        await _wait_included(nodes, [first])
+        left, right = {"n0", "n1"}, {"n2", "n3"}
+        net.blocked = {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
+        height = (await nodes[0].head()).number
+        stuck = [await _transfer(nodes[0], nodes[2].identity.address)]
+        stuck.append(await _transfer(nodes[2], nodes[0].identity.address))
+        await trio.sleep(3)
+        assert {(await n.head()).number for n in nodes} == {height}  # no side has a quorum
+        net.blocked = set()
+        await _wait_included(nodes, stuck, timeout=60)
+        await _same_heads(nodes)
