@@ -22,6 +22,7 @@ API, metrics); on a 2-core machine 10 of them compete for the CPU, which the num
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -151,11 +152,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     parser.add_argument("--sizes", default="4,7,10")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other keys of an existing results file"
+    )
     args = parser.parse_args()
     samples, burst = (5, 100) if args.quick else (20, TX_BURST)
     sizes = [int(s) for s in args.sizes.split(",")]
     results = trio.run(_main, sizes, samples, burst)
     results["target"] = "commit < 1000 ms at 4 miners; >= 200 tx/s end to end"
+    if args.merge:
+        previous_path = Path(__file__).resolve().parent / "results" / "consensus.json"
+        if previous_path.exists():
+            previous = json.loads(previous_path.read_text())
+            for key in ("machine", "date", "command"):
+                previous.pop(key, None)
+            results = {**previous, **results}
     path = write_result("consensus", results)
     print(f"wrote {path}")
 

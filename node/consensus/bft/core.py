@@ -79,6 +79,7 @@ class TimeoutKind(enum.Enum):
     PREVOTE = "prevote"
     PRECOMMIT = "precommit"
     CREDENTIALS = "credentials"
+    LONE_LEADER = "lone-leader"
     REBROADCAST = "rebroadcast"
 
 
@@ -105,10 +106,13 @@ class Timeouts:
             TimeoutKind.PREVOTE: self.prevote,
             TimeoutKind.PRECOMMIT: self.precommit,
             TimeoutKind.CREDENTIALS: self.credentials,
+            TimeoutKind.LONE_LEADER: 0.0,
             TimeoutKind.REBROADCAST: self.rebroadcast,
         }[kind]
         if kind is TimeoutKind.REBROADCAST or kind is TimeoutKind.CREDENTIALS:
             return base
+        if kind is TimeoutKind.LONE_LEADER:
+            return self.duration(TimeoutKind.PROPOSE, round_) / 3
         return min(self.maximum, base + round_ * self.delta)
 
 
@@ -275,6 +279,7 @@ class Agreement:
         self._fired: set[tuple[str, int]] = set()
         self._proposed: set[int] = set()
         self._credentials_waited: set[int] = set()
+        self._lone_ok: set[int] = set()
         self._own: dict[int, list[Message]] = defaultdict(list)
         self._credentials: dict[int, dict[str, Credential]] = defaultdict(dict)
         self._last_mark: tuple[int, ...] | None = None
@@ -370,6 +375,8 @@ class Agreement:
                     self._start_round(round_ + 1)
                 elif kind is TimeoutKind.CREDENTIALS:
                     self._credentials_waited.add(round_)
+                elif kind is TimeoutKind.LONE_LEADER:
+                    self._lone_ok.add(round_)
             if kind is TimeoutKind.REBROADCAST and self.started:
                 for message in self._own.get(self.round, ()):
                     self._out.append(Broadcast(message))
@@ -558,6 +565,8 @@ class Agreement:
             message = Credential(self.height, round_, credential)
             self._credentials[round_][self.address] = message
             self._send(message)
+        if self.is_member:
+            self._schedule(TimeoutKind.LONE_LEADER, round_)
         if ("rebroadcast", 0) not in self._fired:
             self._fired.add(("rebroadcast", 0))
             self._schedule(TimeoutKind.REBROADCAST, round_)
@@ -684,10 +693,15 @@ class Agreement:
         if self.step is not Step.PROPOSE or r in self._proposed or not self.is_member:
             return False
         prios = self._priorities[r]
-        if len(prios) < self.ctx.committee.quorum or min(prios.values()) != prios[self.address]:
+        if min(prios.values()) != prios[self.address]:
             return False
-        if len(prios) < self.ctx.committee.size and r not in self._credentials_waited:
-            if ("credentials", r) not in self._fired:
+        committee = self.ctx.committee
+        # Not everyone's credential is in: with 2f+1 of them wait briefly for the rest; with
+        # fewer (a lossy mesh, members still entering the round), propose anyway after a third
+        # of the propose timeout rather than let the round die without a proposal.
+        waiting = len(prios) < committee.size and r not in self._lone_ok
+        if waiting and (len(prios) < committee.quorum or r not in self._credentials_waited):
+            if len(prios) >= committee.quorum and ("credentials", r) not in self._fired:
                 self._fired.add(("credentials", r))
                 self._schedule(TimeoutKind.CREDENTIALS, r)
             return False
