@@ -1,0 +1,86 @@
+"""Share of gossip messages that reach every subscriber, by network size (a known defect's gauge).
+
+    python -m bench.gossip_delivery            # 7 and 10 services
+    python -m bench.gossip_delivery --sizes 4 7 10 13
+
+N real P2P services in one process, fully connected on loopback, all subscribed to one topic; two
+of them publish ``--messages`` pings each, ``--interval`` seconds apart. Every other service counts
+what it receives. Records, per size, the delivered share (1.0 = every subscriber got every
+message) into ``bench/results/gossip_delivery.json``. Measured on 2026-11-27: all delivered at 7,
+about half lost at 10 (py-libp2p 0.8.1 GossipSub; ARCHITECTURE.md "Known defects").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench._common import write_result
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+async def measure(n: int, messages: int, interval: float) -> dict[str, Any]:
+    from flnode.p2p.messages import Ping
+    from tests.node.p2p.conftest import full_mesh, running_services
+
+    async with running_services(n) as services:
+        await full_mesh(services, timeout=60)
+        channels = [await s.subscribe("bench") for s in services]
+        for s in services:
+            await s.wait_for_topic_peers("bench", n - 1, timeout=30)
+        await trio.sleep(3)  # let the mesh form
+        publishers = (0, n // 2)
+        got = [0] * n
+
+        async def count(i: int) -> None:
+            async for _ in channels[i]:
+                got[i] += 1
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(count, i)
+            for k in range(messages):
+                for p in publishers:
+                    await services[p].publish("bench", Ping(k))
+                await trio.sleep(interval)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    expected = [messages * (len(publishers) - (i in publishers)) for i in range(n)]
+    shares = [g / e for g, e in zip(got, expected, strict=True)]
+    return {
+        "services": n,
+        "publishers": len(publishers),
+        "messages_per_publisher": messages,
+        "interval_s": interval,
+        "delivered_share_min": round(min(shares), 3),
+        "delivered_share_median": round(statistics.median(shares), 3),
+        "received_per_service": got,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[7, 10])
+    parser.add_argument("--messages", type=int, default=30)
+    parser.add_argument("--interval", type=float, default=0.1)
+    args = parser.parse_args()
+    runs = []
+    for n in args.sizes:
+        run = trio.run(measure, n, args.messages, args.interval)
+        print(
+            f"{n:>3} services: median share delivered {run['delivered_share_median']:.2f}, "
+            f"worst {run['delivered_share_min']:.2f}",
+            flush=True,
+        )
+        runs.append(run)
+    print(f"wrote {write_result('gossip_delivery', {'runs': runs})}")
+
+
+if __name__ == "__main__":
+    main()
