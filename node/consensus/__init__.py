@@ -1,8 +1,9 @@
-"""The ledger: an embedded py-evm chain (Prague rules) and the Vyper ledger contract.
+"""The ledger and its consensus: an embedded py-evm chain (Prague rules), the Vyper ledger
+contract, and the miner committee's BFT agreement.
 
-Issue #7 built the network file and genesis, the chain and its mempool, the chain service and the
-contract (task registry, reputation, rewards, miners). Sortition, BFT votes and block sync are
-issue #8's and will live here too.
+This package holds the network file and genesis, the chain and its mempool, the chain service and
+the contract (task registry, reputation, rewards, miners); :mod:`.bft` holds sortition, votes,
+commit certificates, the double-sign guard and block sync.
 """
 
 from .abc import LedgerAPI as LedgerAPI
