@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from libp2p.peer.id import ID
 from libp2p.request_response import (
@@ -53,8 +53,8 @@ _OFFENCE = {
 
 
 @dataclass(frozen=True, slots=True)
-class BftGossip:
-    """A consensus message (credential, proposal, vote, evidence) on the ``bft`` topic."""
+class _OpaqueGossip:
+    """Bytes the consensus layer encodes itself, carried as the envelope's one field."""
 
     data: bytes
 
@@ -65,25 +65,18 @@ class BftGossip:
         return cbor_encode([self.data])
 
     @classmethod
-    def from_cbor(cls, data: bytes) -> BftGossip:
+    def from_cbor(cls, data: bytes) -> Self:
         return construct(cls, *decode_fields(data, 1))
 
 
 @dataclass(frozen=True, slots=True)
-class TxGossip:
+class BftGossip(_OpaqueGossip):
+    """A consensus message (credential, proposal, vote, evidence) on the ``bft`` topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxGossip(_OpaqueGossip):
     """A batch of raw transactions on the ``txs`` topic."""
-
-    data: bytes
-
-    def __post_init__(self) -> None:
-        check_bytes(self.data, "data", min_len=1, max_len=MAX_MESSAGE_SIZE)
-
-    def to_cbor(self) -> bytes:
-        return cbor_encode([self.data])
-
-    @classmethod
-    def from_cbor(cls, data: bytes) -> TxGossip:
-        return construct(cls, *decode_fields(data, 1))
 
 
 _WRAPPERS: dict[str, type[BftGossip] | type[TxGossip]] = {BFT_TOPIC: BftGossip, TX_TOPIC: TxGossip}
