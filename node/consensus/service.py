@@ -12,7 +12,7 @@ that interval (never used by a network with a committee running consensus).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -177,13 +177,18 @@ class ChainService(Service, LedgerAPI):
     async def balance(self, address: bytes | str) -> int:
         return await self.run_sync(self.chain.balance, as_address(address))
 
-    async def build_block(self, *, max_txs: int | None = None) -> BuiltBlock:
-        """As proposer: seal the mempool's transactions on top of the head (not imported)."""
+    async def build_block(
+        self, *, max_txs: int | None = None, first: Sequence[bytes] = ()
+    ) -> BuiltBlock:
+        """As proposer: seal ``first`` (raw signed transactions that bypass the mempool, e.g. the
+        proposer's own ``commitRound``) and then the mempool's transactions on top of the head
+        (not imported)."""
 
         def build() -> BuiltBlock:
-            return self.chain.build_block(
-                self.chain.mempool.pending(max_txs), coinbase=self.identity.address_bytes
-            )
+            own = [self.chain.decode_transaction(raw) for raw in first]
+            hashes = {tx.hash for tx in own}
+            pending = [tx for tx in self.chain.mempool.pending(max_txs) if tx.hash not in hashes]
+            return self.chain.build_block(own + pending, coinbase=self.identity.address_bytes)
 
         return await self.run_sync(build)
 

@@ -21,6 +21,7 @@ What runs inside (one trio nursery, all stopped together, host closed first):
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ PEERS_TOPIC = "peers"
 _DIAL_TIMEOUT_S = 5.0
 _CONNECTOR_TICK_S = 0.25
 _MAX_PX_ADDRS = 64
+_PX_REFRESH_S = 60.0  # repeat an unchanged peer announcement at most this often
 _VALIDATED_CACHE = 8192
 _REANNOUNCE_S = 2.0
 
@@ -491,7 +493,14 @@ class P2PService(Service):
                     continue
 
     async def _announce_peers(self) -> None:
-        """Tell the network whom we know: on every new connection (debounced) and periodically."""
+        """Tell the network whom we know: on every new connection (debounced) and periodically.
+
+        A periodic announcement that would repeat the previous one is skipped unless
+        ``_PX_REFRESH_S`` have passed: every announcement reaches every node, so a network of N
+        nodes repeating themselves every few seconds spends its CPU on O(N²) identical messages.
+        """
+        last: tuple[str, ...] = ()
+        last_at = -math.inf
         while True:
             with trio.move_on_after(self.settings.peer_exchange_interval_s):
                 await self._px_wanted.wait()
@@ -513,6 +522,9 @@ class P2PService(Service):
                     addrs.append(f"{transport}/p2p/{peer}")
                 if len(addrs) >= _MAX_PX_ADDRS:
                     break
+            if tuple(addrs) == last and time.monotonic() - last_at < _PX_REFRESH_S:
+                continue
+            last, last_at = tuple(addrs), time.monotonic()
             try:
                 await self.publish(PEERS_TOPIC, PeerExchange(tuple(addrs)))
             except Exception as exc:  # never let discovery kill the service

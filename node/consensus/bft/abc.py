@@ -48,3 +48,22 @@ class ConsensusNetworkAPI(Protocol):
     def penalise(self, peer: str, reason: str) -> None:
         """Charge ``peer`` for a consensus message rejected with ``reason``."""
         ...
+
+
+@runtime_checkable
+class ProposalSource(Protocol):
+    """Transactions a node wants at the front of the blocks it proposes itself.
+
+    The ledger contract lets only a block's proposer commit a federated-learning round
+    (``msg.sender == block.coinbase``), so such a transaction cannot travel through the mempool:
+    whichever miner leads the height must sign its own. ``wants_block`` also wakes an idle height
+    (the consensus makes no block without work), e.g. when a round's deadline has passed.
+    """
+
+    def wants_block(self) -> bool:
+        """Whether a block is wanted now even with an empty mempool (cheap; polled often)."""
+        ...
+
+    async def transactions(self, head_number: int) -> list[bytes]:
+        """Raw signed transactions for a block on top of ``head_number`` (may be empty)."""
+        ...

@@ -99,6 +99,11 @@ class ChainLink:
     async def pending(self) -> int:
         return await self.chain.run_sync(lambda: len(self.chain.chain.mempool))
 
+    def pending_hint(self) -> int:
+        """How many transactions are pending, read without the worker thread (may be stale by
+        the transactions being added right now; use it only to skip work when there is none)."""
+        return len(self.chain.chain.mempool)
+
     async def pending_raw(
         self, limit: int, skip: Container[bytes] = ()
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
@@ -142,8 +147,8 @@ class ChainLink:
         self._committee = (head.hash, committee)
         return committee
 
-    async def build(self, max_txs: int) -> bytes:
-        built = await self.chain.build_block(max_txs=max_txs)
+    async def build(self, max_txs: int, *, first: Sequence[bytes] = ()) -> bytes:
+        built = await self.chain.build_block(max_txs=max_txs, first=first)
         return built.encode()
 
     async def validate(self, raw: bytes) -> bool:

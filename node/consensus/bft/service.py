@@ -48,7 +48,7 @@ from ...service import Service
 from ..chain import Head
 from ..errors import BlockRejected, TransactionRejected
 from ..service import ChainService
-from .abc import BFT_TOPIC, TX_TOPIC, ConsensusNetworkAPI
+from .abc import BFT_TOPIC, TX_TOPIC, ConsensusNetworkAPI, ProposalSource
 from .certificate import HeightContext, verify_certified_block
 from .chainlink import BlockValidator, ChainLink, inspect_block
 from .core import (
@@ -184,8 +184,10 @@ class ConsensusService(Service):
         state_dir: Path | None,
         settings: ConsensusSettings | None = None,
         validator: BlockValidator | None = None,
+        proposals: ProposalSource | None = None,
     ) -> None:
         self.chain = chain
+        self.proposals = proposals
         self.network = network
         self.identity = identity
         self.settings = settings or ConsensusSettings()
@@ -372,7 +374,7 @@ class ConsensusService(Service):
     async def _start_height(self) -> None:
         assert self.core is not None
         ctx = await self._context()
-        has_work = await self.link.pending() > 0
+        has_work = await self.link.pending() > 0 or self._wants_block()
         self._height_started = time.monotonic()
         self._proposal_seen = None
         self.stats.height, self.stats.round = ctx.height, 0
@@ -466,12 +468,31 @@ class ConsensusService(Service):
 
         await self._post(fire)
 
+    def _wants_block(self) -> bool:
+        if self.proposals is None:
+            return False
+        try:
+            return self.proposals.wants_block()
+        except Exception as exc:  # the hook must not take the consensus down
+            log.error("proposal source failed", error=repr(exc))
+            return False
+
     async def _build(self, action: BuildBlock) -> None:
         deadline = trio.current_time() + self.settings.proposal_wait_s
-        while await self.link.pending() == 0 and trio.current_time() < deadline:
+        while (
+            await self.link.pending() == 0
+            and not self._wants_block()
+            and trio.current_time() < deadline
+        ):
             await trio.sleep(0.02)
+        first: list[bytes] = []
+        if self.proposals is not None:
+            try:
+                first = await self.proposals.transactions(action.height - 1)
+            except Exception as exc:  # a block without them is still a block
+                log.error("proposal source failed", error=repr(exc))
         try:
-            raw = await self.link.build(self.settings.max_block_txs)
+            raw = await self.link.build(self.settings.max_block_txs, first=first)
         except BlockRejected as exc:
             log.error("cannot build a block", error=str(exc))
             return
@@ -640,7 +661,12 @@ class ConsensusService(Service):
         assert core is not None
         while True:
             await trio.sleep(self.settings.tx_gossip_interval_s)
-            count, pending = await self.link.pending_raw(4 * MAX_TX_BATCH, self._seen_txs)
+            # An empty mempool needs no trip to the chain's worker thread (this loop runs 20
+            # times a second on every node; len() of the mempool is one atomic read).
+            if self.link.pending_hint() == 0:
+                count, pending = 0, []
+            else:
+                count, pending = await self.link.pending_raw(4 * MAX_TX_BATCH, self._seen_txs)
             batch: list[bytes] = []
             size = 0
             for digest, raw in pending:
@@ -654,7 +680,7 @@ class ConsensusService(Service):
                 size += len(raw)
             if batch:
                 self._send_txs(batch)
-            wake = count > 0
+            wake = count > 0 or self._wants_block()
             interval = self.settings.max_block_interval_s
             if interval > 0 and time.monotonic() - self._last_commit > interval:
                 wake = True
