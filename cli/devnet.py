@@ -143,6 +143,178 @@ class _Progress:
             self.progress.update(self.tasks[key], completed=value)
 
 
+@devnet_group.command("run")
+@dir_option
+@click.option(
+    "--spec",
+    "spec_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Task spec (TOML) to train; default: the built-in MNIST DP-SGD task "
+    "(`flnode devnet run --show-spec` prints it).",
+)
+@click.option(
+    "--miners",
+    type=click.IntRange(1, 16),
+    default=4,
+    show_default=True,
+    help="Miners, when the devnet has to be created.",
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Devices, when the devnet has to be created.",
+)
+@click.option(
+    "--edges",
+    type=click.IntRange(0, 8),
+    default=1,
+    show_default=True,
+    help="Edge nodes, when the devnet has to be created.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(10),
+    default=1800.0,
+    show_default=True,
+    help="Seconds the task may take.",
+)
+@click.option(
+    "--down/--keep",
+    "stop_after",
+    default=False,
+    show_default=True,
+    help="Stop the devnet when the task is done (default: keep it running).",
+)
+@click.option("--show-spec", is_flag=True, help="Print the built-in task spec and exit.")
+def run_command(
+    directory: Path,
+    spec_file: Path | None,
+    miners: int,
+    devices: int,
+    edges: int,
+    timeout: float,
+    stop_after: bool,
+    show_spec: bool,
+) -> None:
+    """Train a task end to end on a devnet: bring it up if needed (1 manufacturer, 4 miners,
+    8 devices, 1 edge by default), publish the task, follow its rounds, and write report.json,
+    report.md and accuracy.png into --dir."""
+    import trio
+
+    from flnode.devnet import layout_from_counts, prepare, up
+    from flnode.devnet.network import network_exists
+    from flnode.devnet.training import DEFAULT_TASK_SPEC, run_task
+    from flnode.learning.taskspec import load_task_spec
+
+    if show_spec:
+        click.echo(DEFAULT_TASK_SPEC, nl=False)
+        return
+    spec_text = DEFAULT_TASK_SPEC if spec_file is None else spec_file.read_text(encoding="utf-8")
+    load_task_spec(spec_text.encode())  # a bad spec is refused before anything starts
+    layout = None
+    if not network_exists(directory):
+        layout = layout_from_counts(miners=miners, devices=devices, edges=edges, manufacturers=1)
+    network = prepare(directory, layout)
+    started = time.monotonic()
+    with _Progress(len(network.nodes)) as progress:
+        trio.run(lambda: up(network, timeout_s=300.0, progress=progress.update))
+    click.echo(
+        f"devnet up: {len(network.nodes)} nodes in {directory} "
+        f"({time.monotonic() - started:.1f} s)",
+        err=True,
+    )
+    with _TaskProgress() as follow:
+        result = trio.run(
+            lambda: run_task(network, spec_text, timeout_s=timeout, on_progress=follow.update)
+        )
+    report = result.report
+    click.echo(_summary(report))
+    for path in result.paths:
+        click.echo(f"  {path}")
+    if stop_after:
+        from flnode.devnet import down
+
+        down(network)
+        click.echo(f"devnet in {directory} stopped")
+    else:
+        click.echo(f"the devnet keeps running: `flnode devnet down --dir {directory}` stops it")
+
+
+def _summary(report: dict[str, Any]) -> str:
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.2f} %"
+
+    gain = report.get("gain_points")
+    return (
+        f"task {report['task']} finished: {len(report['rounds'])} rounds, "
+        f"public-only {pct(report['public_only_accuracy'])} → final "
+        f"{pct(report['final_accuracy'])} ({'–' if gain is None else f'{gain:+.2f}'} points); "
+        f"every node agrees on the final model: "
+        f"{'yes' if report['all_nodes_agree_on_final_model'] else 'NO'}; "
+        f"{report['duration_s']:.0f} s. Reports:"
+    )
+
+
+class _TaskProgress:
+    """A progress bar over the task's rounds, with the latest accuracy, on stderr."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=Console(stderr=True),
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> _TaskProgress:
+        self.progress.__enter__()
+        self.task = self.progress.add_task("publishing", total=None, detail="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def update(self, status: dict[str, Any]) -> None:
+        stage = status.get("stage")
+        if stage == "published":
+            acc = status.get("public_only_accuracy")
+            self.progress.update(
+                self.task,
+                description=f"task {status['task']}",
+                total=status.get("rounds"),
+                detail=f"public-only {100 * acc:.2f} %" if acc is not None else "",
+            )
+        elif stage == "running":
+            committed = status.get("committed") or []
+            open_round = status.get("open") or {}
+            subs = len(open_round.get("submissions") or [])
+            records = (status.get("records") or {}).get("miner", {}).get("rounds", [])
+            accs = [r["accuracy"] for r in records if r.get("accuracy") is not None]
+            detail = f"round {status.get('round', 0) + 1}: {subs} updates in"
+            if accs:
+                detail += f"; accuracy {100 * accs[-1]:.2f} %"
+            self.progress.update(self.task, completed=len(committed), detail=detail)
+        elif stage == "collecting":
+            self.progress.update(self.task, detail=status.get("detail", ""))
+        else:
+            self.progress.update(self.task, detail=status.get("detail", ""))
+
+
 @devnet_group.command("status")
 @dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node, as a list.")

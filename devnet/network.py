@@ -102,6 +102,9 @@ class Network:
         }
 
 
+OFFLOADING_DEVICES = 2  # devices that offload to the first edge, when there is one
+
+
 def network_exists(directory: Path) -> bool:
     return (directory / NETWORK_FILE).exists()
 
@@ -184,14 +187,31 @@ def _write_config(network: Network, node: DevnetNode) -> None:
     p2p.update({"listen": [f"/ip4/127.0.0.1/tcp/{node.p2p_port}"], "bootstrap": seeds})
     p2p.setdefault("peer_exchange_interval_s", 2.0)
     p2p.setdefault("reconnect_max_backoff_s", 5.0)
-    config.setdefault("api", {}).update({"enabled": True, "port": node.api_port})
+    api = config.setdefault("api", {})
+    api.update({"enabled": True, "port": node.api_port})
+    api.setdefault("call_timeout_s", 600.0)  # task_create pre-trains before it answers
     config.setdefault("metrics", {}).update({"enabled": True, "port": node.metrics_port})
+    if "device" in node.roles:
+        _device_settings(network, node, config.setdefault("federation", {}))
     if (network.dir / CHAIN_FILE).exists():  # a layout may opt out: chain.network_file = ""
         config.setdefault("chain", {}).setdefault("network_file", str(network.dir / CHAIN_FILE))
     header = f"# Written by `flnode devnet` for node {node.name}; edit the layout instead.\n"
     (network.datadir(node.name) / "config.toml").write_text(
         header + tomli_w.dumps(config), encoding="utf-8"
     )
+
+
+def _device_settings(network: Network, node: DevnetNode, federation: dict[str, Any]) -> None:
+    """Each device gets its own shard of the data set's private part; the first
+    :data:`OFFLOADING_DEVICES` offload head training to the first edge (tasks whose privacy
+    mode releases features; a ``dpsgd-full`` device trains everything itself)."""
+    devices = [n for n in network.nodes if "device" in n.roles]
+    edges = [n for n in network.nodes if "edge" in n.roles]
+    index = devices.index(node)
+    federation.setdefault("shard_index", index)
+    federation.setdefault("shard_count", len(devices))
+    if edges and index < OFFLOADING_DEVICES:
+        federation.setdefault("edge", edges[0].peer_id)
 
 
 def _free_ports(count: int) -> list[int]:

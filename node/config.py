@@ -231,6 +231,37 @@ class ChainSection(_Section):
     )
 
 
+class FederationSection(_Section):
+    """[federation]: the node's part in federated training tasks (by role)."""
+
+    shard_index: int = Field(
+        0, ge=0, description="Device: which shard of the data set's private part is this node's."
+    )
+    shard_count: int = Field(
+        1, ge=1, le=60_000, description="Device: how many shards the private part is split in."
+    )
+    auto_join: bool = Field(True, description="Device: join every open task it can serve.")
+    edge: str = Field(
+        "",
+        description="Device: peer id of the edge node to offload head training to "
+        "(dpsgd-extractor tasks; empty = train locally).",
+    )
+    epsilon_cap: float | None = Field(
+        None,
+        gt=0,
+        description="Device: the most per-sample epsilon this device spends on one task, if less "
+        "than the task asks (its privacy ledger refuses rounds beyond it).",
+    )
+    fetch_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds to fetch a model or an update by CID from peers."
+    )
+    fault: Literal["", "label-flip", "scale", "wrong-aggregate"] = Field(
+        "",
+        description="Fault injection for tests and demonstrations: a device poisons its "
+        "updates (label-flip, scale), a miner proposes a wrong aggregate (wrong-aggregate).",
+    )
+
+
 class NodeConfig(_Section):
     """The whole configuration of one node."""
 
@@ -241,6 +272,7 @@ class NodeConfig(_Section):
     api: ApiSection = ApiSection()
     metrics: MetricsSection = MetricsSection()
     chain: ChainSection = ChainSection()
+    federation: FederationSection = FederationSection()
 
 
 def load_config(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from libp2p.peer.id import ID
 from libp2p.request_response import (
@@ -152,8 +152,12 @@ def consensus_service_for(
     identity: NodeIdentity,
     p2p: P2PService,
     chain: ChainService,
+    hooks: dict[str, Any] | None = None,
 ) -> ConsensusService | None:
-    """The consensus service of a node with a ledger, unless it runs the dev proposer."""
+    """The consensus service of a node with a ledger, unless it runs the dev proposer.
+
+    ``hooks`` are the node's application hooks (``proposals``, ``validator``: the federation's
+    miner role)."""
     if chain.dev_mine_interval_s > 0:
         return None
     from .consensus.bft.service import ConsensusService
@@ -164,4 +168,5 @@ def consensus_service_for(
         P2PConsensusNetwork(p2p),
         identity,
         state_dir=Path(datadir.path) / "consensus",
+        **(hooks or {}),
     )

@@ -63,13 +63,29 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
     monitor = LoopMonitor()
     chain = chain_service_for(config, datadir, identity)
     ledger: list[Service] = []
+    providers: list[object] = []
     if chain is not None:
         from .consensus_net import consensus_service_for
+        from .federation.context import FederationContext
+        from .federation.service import FederationService
 
-        consensus = consensus_service_for(config, datadir, identity, p2p, chain)
-        ledger = [chain, *([consensus] if consensus is not None else [])]
+        federation = FederationService(
+            FederationContext(config, datadir, identity, p2p, chain, blobs, bus)
+        )
+        consensus = consensus_service_for(
+            config, datadir, identity, p2p, chain, federation.consensus_hooks()
+        )
+        ledger = [chain, *([consensus] if consensus is not None else []), federation]
+        providers = list(federation.providers())
     control = control_plane_services(
-        config, datadir, identity, bus=bus, monitor=monitor, blobs=blobs, p2p=p2p, extra=ledger
+        config,
+        datadir,
+        identity,
+        bus=bus,
+        monitor=monitor,
+        blobs=blobs,
+        p2p=p2p,
+        extra=[*ledger, *providers],
     )
     return [monitor, blobs, p2p, *ledger, *control]
 

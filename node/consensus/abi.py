@@ -95,6 +95,17 @@ class AbiCodec:
         except (EncodingError, TypeError, ValueError) as exc:
             raise AbiError(f"cannot encode arguments of {name}: {exc}") from None
 
+    def decode_call(self, name: str, calldata: bytes) -> tuple[Any, ...]:
+        """The arguments of a call of ``name`` (``calldata`` starts with its selector)."""
+        if calldata[:4] != self.selector(name):
+            raise AbiError(f"calldata is not a call of {name}")
+        types = get_abi_input_types(dict(self.function(name)))
+        try:
+            values = eth_abi.decode(types, calldata[4:])
+        except DecodingError as exc:
+            raise AbiError(f"cannot decode the arguments of {name}: {exc}") from None
+        return tuple(_normalise(v, t) for v, t in zip(values, types, strict=True))
+
     def decode_output(self, name: str, data: bytes) -> Any:
         """The return value: a single value when there is one output, else a tuple."""
         types = get_abi_output_types(dict(self.function(name)))

@@ -8,6 +8,7 @@ A spec is a small TOML document (``examples/task-dpsgd-full.toml``)::
     [privacy]  mode, epsilon, delta (per sample, whole task), clip, accountant, feature_*
     [training] rounds, local_epochs, lr, momentum, batch_size, head_lr, head_epochs
     [aggregation] rule and its parameters
+    [round]    deadline_s, updates_per_round, min_updates, max_update_norm, eval_size (network)
 
 Every field is checked when the spec is read, with a message that names the field, so a bad spec
 is refused before any training (or, on the network, before a node joins the task). Fields left out
@@ -114,6 +115,29 @@ class AggregationSpec(_Section):
         return self
 
 
+class RoundSpec(_Section):
+    """How a task's rounds run on the network (``flnode simulate`` ignores this section).
+
+    A round closes when ``updates_per_round`` updates are on the ledger or ``deadline_s`` seconds
+    (block time) after the block that opened it, whichever comes first; with fewer than
+    ``min_updates`` valid updates the old model is carried forward. ``max_update_norm`` bounds
+    the L2 change an update may make to the global model (None: no bound). Every miner evaluates
+    each committed model on the first ``eval_size`` images of the data set's test split.
+    """
+
+    deadline_s: float = Field(60.0, gt=0, le=86_400)
+    updates_per_round: int = Field(8, ge=1, le=128)
+    min_updates: int = Field(1, ge=1, le=128)
+    max_update_norm: float | None = Field(None, gt=0)
+    eval_size: int = Field(10_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _min_fits(self) -> RoundSpec:
+        if self.min_updates > self.updates_per_round:
+            raise ValueError("min_updates cannot exceed updates_per_round")
+        return self
+
+
 class LearningTaskSpec(_Section):
     """The learning part of a task (``flnode simulate --spec``; the task registry later)."""
 
@@ -123,6 +147,7 @@ class LearningTaskSpec(_Section):
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
+    round: RoundSpec = Field(default_factory=RoundSpec)
 
     @model_validator(mode="after")
     def _model_fits_mode(self) -> LearningTaskSpec:

@@ -1,0 +1,171 @@
+"""What every federation role needs from the node: ledger, blobs, peers, events, records.
+
+One :class:`FederationContext` per node, shared by its roles. It fetches blobs by CID (the local
+store first, then peers: the preferred ones, then every connected peer), sends ledger
+transactions and waits for their receipts, keeps a spec cache (a task's spec is a TOML blob named
+on the ledger), and writes the role's records as JSON files in ``<datadir>/federation/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..cid import Cid
+from ..config import NodeConfig
+from ..consensus.chain import Receipt
+from ..consensus.errors import NotFound
+from ..consensus.service import ChainService
+from ..datadir import DataDir
+from ..errors import FLNodeError
+from ..events import EventBus
+from ..fsutil import write_file_atomically
+from ..identity import NodeIdentity, address_from_peer_id
+from ..learning.taskspec import LearningTaskSpec, load_task_spec
+from ..log import get_logger
+from ..p2p.service import P2PService
+from ..storage import BlobNotFoundError, CorruptBlobError
+from ..storage.blobstore import BlobStore
+from ..storage.service import BlobStoreService
+
+RECORDS_DIR = "federation"
+
+EVENT_TOPICS = {
+    "task_created": "A task was published on the ledger (task, spec, model, rounds).",
+    "round_started": "A task's round opened (task, round, model).",
+    "update_submitted": "This device submitted an update (task, round, cid, timings).",
+    "update_received": "A miner fetched and checked a submitted update (task, round, device).",
+    "update_accepted": "A committed round accepted a device's update (task, round, device).",
+    "update_rejected": "A committed round rejected a device's update (task, round, device).",
+    "round_committed": "A round was committed on the ledger (task, round, aggregate, accuracy).",
+    "privacy_refused": "A device refused to train because its privacy budget would be exceeded.",
+}
+
+
+class FederationError(FLNodeError):
+    """A federation step failed in a way the caller should hear about (message says why)."""
+
+
+@dataclass
+class FederationContext:
+    config: NodeConfig
+    datadir: DataDir
+    identity: NodeIdentity
+    p2p: P2PService
+    chain: ChainService
+    blob_service: BlobStoreService
+    bus: EventBus
+    _specs: dict[str, LearningTaskSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.log = get_logger("flnode.federation", node=self.identity.peer_id[-8:])
+        for topic, description in EVENT_TOPICS.items():
+            if topic not in self.bus.topics():
+                self.bus.declare(topic, description)
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.blob_service.store
+
+    @property
+    def address(self) -> str:
+        return self.identity.address
+
+    @property
+    def contract(self) -> Any:
+        return self.chain.contract
+
+    # -- blobs ----------------------------------------------------------------------------------
+
+    def peers_by_address(self) -> dict[str, str]:
+        """Connected peers by their ledger address (peer id and address share one key)."""
+        out = {}
+        for peer in self.p2p.connected_peers():
+            try:
+                out[address_from_peer_id(peer).lower()] = peer
+            except Exception:  # a peer id of another key type: no ledger address
+                continue
+        return out
+
+    async def fetch(self, cid: Cid, *, prefer: Sequence[str] = (), pin: bool = False) -> bytes:
+        """The bytes of ``cid``: from the local store, else from peers (``prefer``: ledger
+        addresses or peer ids to ask first), verified against the CID and stored locally."""
+        try:
+            return await trio.to_thread.run_sync(self.blobs.get, cid)
+        except (BlobNotFoundError, CorruptBlobError):
+            pass
+        by_address = self.peers_by_address()
+        first = [by_address.get(p.lower(), p) for p in prefer]
+        providers = [p for p in first if p in by_address.values()]
+        providers += [p for p in self.p2p.connected_peers() if p not in providers]
+        if not providers:
+            raise FederationError(f"cannot fetch {cid}: no peer is connected")
+        timeout = self.config.federation.fetch_timeout_s
+        with trio.move_on_after(timeout):
+            data = await self.p2p.fetch(cid, providers)
+            await trio.to_thread.run_sync(self._store, data, pin)
+            return data
+        raise FederationError(f"cannot fetch {cid} from {len(providers)} peer(s) in {timeout:g} s")
+
+    def _store(self, data: bytes, pin: bool) -> Cid:
+        cid = self.blobs.put(data)
+        if pin:
+            self.blobs.pin(cid)
+        return cid
+
+    async def store(self, data: bytes, *, pin: bool = True) -> Cid:
+        return await trio.to_thread.run_sync(self._store, data, pin)
+
+    async def spec(self, cid: Cid, *, prefer: Sequence[str] = ()) -> LearningTaskSpec:
+        """The task spec named ``cid`` on the ledger (cached; raises when it does not parse)."""
+        key = str(cid)
+        if key not in self._specs:
+            raw = await self.fetch(cid, prefer=prefer, pin=True)
+            self._specs[key] = load_task_spec(raw)
+        return self._specs[key]
+
+    # -- ledger ---------------------------------------------------------------------------------
+
+    async def send(self, data: bytes, *, value: int = 0) -> bytes:
+        """Sign and queue a call of the ledger contract; its transaction hash."""
+        return await self.chain.send(self.contract.address, data, value=value)
+
+    async def wait_receipt(self, tx_hash: bytes, timeout: float) -> Receipt | None:
+        """The receipt once the transaction is in a committed block (None after ``timeout``)."""
+        heads = self.chain.subscribe_blocks()
+        with heads, trio.move_on_after(timeout):
+            while True:
+                try:
+                    return await self.chain.receipt(tx_hash)
+                except NotFound:
+                    await heads.receive()
+        return None
+
+    # -- records --------------------------------------------------------------------------------
+
+    def record_path(self, name: str) -> Path:
+        return self.datadir.path / RECORDS_DIR / f"{name}.json"
+
+    def read_record(self, name: str) -> dict[str, Any]:
+        path = self.record_path(name)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            self.log.error(
+                "unreadable federation record, starting afresh", path=str(path), error=str(exc)
+            )
+            return {}
+
+    def write_record(self, name: str, record: dict[str, Any]) -> None:
+        data = json.dumps(record, indent=1, sort_keys=True).encode()
+        write_file_atomically(self.record_path(name), data)
+
+    def publish(self, topic: str, **data: Any) -> None:
+        self.bus.publish(topic, **data)

@@ -1,0 +1,261 @@
+"""The device's part in training: join tasks, train each round on private data, submit.
+
+A device follows the ledger. It joins every open task it can serve (``federation.auto_join``;
+or on request, ``task_join``), and for each joined task, whenever a round is open that it has
+not submitted to, it:
+
+1. fetches the round's global model by the CID the ledger names (from any peer that has it);
+2. trains on its private shard (:class:`~flnode.learning.federated.DeviceLearner`): DP-SGD,
+   charged to its privacy ledger ``<datadir>/privacy/task-<id>.json`` before it runs; in
+   ``dpsgd-extractor`` mode the noisy features are released (charged too) and the head is trained
+   on them, by the configured edge node when there is one (falling back to local training when
+   the edge fails or is gone);
+3. stores the update in its blob store (peers fetch it from there by CID) and sends
+   ``submitUpdate`` signed with its key.
+
+A device that restarts resumes at the ledger's current round; its ledger file and earlier
+submissions stay. If the budget would be exceeded the round is refused (nothing is trained or
+released) and the device stops training for that task, saying so in its log, its record and a
+``privacy_refused`` event. Per-round timings go to ``<datadir>/federation/device-task-<id>.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..cid import Cid
+from ..consensus.ledger import TaskInfo
+from ..learning.federated import (
+    DeviceLearner,
+    FederatedLearningError,
+    TrainedUpdate,
+    device_shard,
+    network_config,
+)
+from ..learning.ledger import PrivacyBudgetExceeded
+from ..learning.offload import HeadTrainingJob
+from . import ledgerview
+from .context import FederationContext, FederationError
+
+HeadOffload = Callable[[int, HeadTrainingJob], Any]
+
+
+class DeviceRole:
+    """Trains and submits for every joined task (see the module docstring)."""
+
+    def __init__(self, ctx: FederationContext, offload: HeadOffload | None = None) -> None:
+        self.ctx = ctx
+        self.settings = ctx.config.federation
+        self.log = ctx.log.bind(role="device")
+        self.offload = offload
+        self._learners: dict[int, DeviceLearner] = {}
+        self._joining: set[int] = set()
+        self._refused: set[int] = set()
+        self._unservable: dict[int, str] = {}
+        self._busy = False
+        self._wake = trio.Event()
+        self.poison = (
+            self.settings.fault if self.settings.fault in ("label-flip", "scale") else None
+        )
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        heads = self.ctx.chain.subscribe_blocks()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._forward_heads, heads)
+            while True:
+                self._wake = trio.Event()
+                try:
+                    await self._step()
+                except FederationError as exc:
+                    self.log.warning("training step failed; will retry", error=str(exc))
+                with trio.move_on_after(2.0):
+                    await self._wake.wait()
+
+    async def _forward_heads(self, heads: trio.MemoryReceiveChannel[Any]) -> None:
+        with heads:
+            async for _ in heads:
+                self._wake.set()
+
+    async def _step(self) -> None:
+        chain, contract = self.ctx.chain, self.ctx.contract
+        tasks = await chain.run_sync(ledgerview.tasks, chain.chain, contract)
+        for task in tasks:
+            if task.closed or task.finished or task.id in self._refused:
+                continue
+            if task.id in self._unservable:
+                continue
+            joined = await chain.run_sync(
+                lambda t=task.id: bool(
+                    contract.view(chain.chain.call, "joined", t, self.ctx.address)
+                )
+            )
+            if not joined:
+                if self.settings.auto_join and task.id not in self._joining:
+                    await self.join(task.id)
+                continue
+            sub = await chain.run_sync(
+                contract.submission, chain.chain.call, task.id, task.round, self.ctx.address
+            )
+            if getattr(sub, "status", "none") != "none":
+                continue
+            await self._train_and_submit(task)
+            return  # one round at a time; look at the ledger again first
+
+    async def join(self, task_id: int) -> dict[str, Any]:
+        """Send ``joinTask`` once the task's spec is one this device can serve."""
+        task = await self.ctx.chain.run_sync(
+            self.ctx.contract.task, self.ctx.chain.chain.call, task_id
+        )
+        if task is None:
+            raise FederationError(f"no task {task_id} on the ledger")
+        try:
+            spec = await self.ctx.spec(task.spec, prefer=[task.owner])
+            network_config(spec, self.settings.shard_count)
+        except (FederatedLearningError, ValueError) as exc:
+            self._unservable[task_id] = str(exc)
+            self.log.warning("cannot serve task", task=task_id, reason=str(exc))
+            raise FederationError(f"this device cannot serve task {task_id}: {exc}") from None
+        self._joining.add(task_id)
+        tx = await self.ctx.send(self.ctx.contract.join_task(task_id))
+        self.log.info("joining task", task=task_id, spec=spec.name)
+        return {"task": task_id, "tx_hash": "0x" + tx.hex()}
+
+    async def _learner(self, task: TaskInfo) -> DeviceLearner:
+        learner = self._learners.get(task.id)
+        if learner is not None:
+            return learner
+        spec = await self.ctx.spec(task.spec, prefer=[task.owner])
+        cfg = network_config(spec, self.settings.shard_count)
+        s = self.settings
+
+        def build() -> DeviceLearner:
+            shard = device_shard(cfg, s.shard_index)
+            return DeviceLearner(
+                cfg,
+                shard,
+                ledger_path=self.ctx.datadir.privacy_dir / f"task-{task.id}.json",
+                task_id=f"task-{task.id}",
+                device_id=self.ctx.address,
+                seed=hash((self.ctx.address, task.id)) & 0x7FFFFFFF,
+                budget_cap=s.epsilon_cap,
+                poison=self.poison,
+            )
+
+        learner = await trio.to_thread.run_sync(build)
+        self._learners[task.id] = learner
+        self.log.info(
+            "ready to train",
+            task=task.id,
+            samples=len(learner.shard),
+            noise_multiplier=round(learner.noise_multiplier, 4),
+            mode=cfg.mode,
+        )
+        return learner
+
+    async def _train_and_submit(self, task: TaskInfo) -> None:
+        t_fetch = time.perf_counter()
+        model = await self.ctx.fetch(task.model, prefer=[task.owner], pin=True)
+        fetch_s = time.perf_counter() - t_fetch
+        learner = await self._learner(task)
+        offload = None
+        if self.offload is not None and learner.release is not None:
+            offload = self._offload_for(task.id)
+        try:
+            update: TrainedUpdate = await trio.to_thread.run_sync(
+                lambda: learner.train_round(model, task.round, head_trainer=offload)
+            )
+        except PrivacyBudgetExceeded as exc:
+            self._refused.add(task.id)
+            self.log.error(
+                "refusing to train: privacy budget would be exceeded", task=task.id, detail=str(exc)
+            )
+            self.ctx.publish("privacy_refused", task=task.id, round=task.round, detail=str(exc))
+            self._note(task.id, task.round, {"refused": str(exc)})
+            return
+        cid = await self.ctx.store(update.weights)
+        # The round may have closed while we trained: submitting then only wastes gas.
+        current = await self.ctx.chain.run_sync(
+            self.ctx.contract.task, self.ctx.chain.chain.call, task.id
+        )
+        if current is None or current.round != task.round:
+            self.log.warning(
+                "round closed while training; update dropped", task=task.id, round=task.round
+            )
+            self._note(task.id, task.round, {"late": True, "train_s": update.train_s})
+            return
+        tx = await self.ctx.send(
+            self.ctx.contract.submit_update(task.id, task.round, cid, update.n_samples)
+        )
+        timings = {
+            "cid": str(cid),
+            "tx_hash": "0x" + tx.hex(),
+            "fetch_s": fetch_s,
+            "train_s": update.train_s,
+            "feature_s": update.feature_s,
+            "head_s": update.head_s,
+            "offloaded": update.offloaded,
+            "epsilon_spent": update.epsilon_spent,
+            "submitted_at": time.time(),
+        }
+        self._note(task.id, task.round, timings)
+        self.ctx.publish("update_submitted", task=task.id, round=task.round, **timings)
+        self.log.info(
+            "update submitted",
+            task=task.id,
+            round=task.round,
+            cid=str(cid),
+            train_s=round(update.train_s, 2),
+            epsilon=round(update.epsilon_spent, 3),
+        )
+        receipt = await self.ctx.wait_receipt(tx, 60.0)
+        if receipt is not None and not receipt.success:
+            self.log.warning("update transaction reverted", task=task.id, round=task.round)
+            self._note(task.id, task.round, {**timings, "reverted": True})
+
+    def _offload_for(self, task_id: int) -> Callable[[HeadTrainingJob], Any] | None:
+        offload = self.offload
+        assert offload is not None
+
+        def train(job: HeadTrainingJob) -> Any:
+            try:
+                return trio.from_thread.run(offload, task_id, job)
+            except Exception as exc:
+                self.log.warning("edge offload failed; training the head locally", error=str(exc))
+                from ..learning.federated import train_offloaded_head
+
+                learner = self._learners[task_id]
+                return train_offloaded_head(learner.cfg, job)
+
+        return train
+
+    def _note(self, task_id: int, round_: int, data: dict[str, Any]) -> None:
+        name = f"device-task-{task_id}"
+        record = self.ctx.read_record(name)
+        rounds = record.setdefault("rounds", {})
+        rounds[str(round_)] = {**rounds.get(str(round_), {}), **data}
+        record["task"] = task_id
+        record["device"] = self.ctx.address
+        self.ctx.write_record(name, record)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for task_id, learner in self._learners.items():
+            out[str(task_id)] = {
+                "samples": len(learner.shard),
+                "epsilon_spent": learner.ledger.spent().epsilon,
+                "epsilon_budget": learner.ledger.budget.epsilon,
+                "refused": task_id in self._refused,
+            }
+        for task_id, why in self._unservable.items():
+            out[str(task_id)] = {"unservable": why}
+        return out
+
+
+_ = Cid

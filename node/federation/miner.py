@@ -1,0 +1,508 @@
+"""The miner's part in training: judge each round, propose its commit, check others' commits.
+
+For every open task whose committee it sits on, a miner follows the ledger head by head:
+
+1. **Collect**: each ``UpdateSubmitted`` of the open round names an update by CID; the miner
+   fetches it (from the submitting device first, then any peer) as soon as it appears.
+2. **Judge**: once the round may close — ``updates_per_round`` submissions are in, or the block
+   time has passed the spec's ``deadline_s`` after the round's opening block — and every fetch
+   has finished, it runs :func:`~flnode.learning.federated.judge_round` (shape/dtype/finite/norm
+   checks, then the task's robust rule) and stores the aggregate in its blob store.
+3. **Propose**: through the consensus' :class:`~flnode.consensus.bft.abc.ProposalSource` hook,
+   the miner that leads a height puts its own signed ``commitRound`` at the front of its block
+   (the contract accepts it only from the block's coinbase); a closable round also wakes an idle
+   height, so a round closes on its deadline even when no other transaction is pending.
+4. **Validate**: before prevoting on a proposal, every committee miner recomputes the round
+   (the same submissions: the parent block's) and prevotes nil unless the proposal carries the
+   same accepted and rejected devices and the same aggregate (equal CID, or equal within
+   :data:`~flnode.learning.aggregation.AGGREGATE_TOLERANCE` after fetching it), and unless the
+   block's timestamp really closes the round.
+5. **Record**: after a commit, the miner evaluates the new global model on the spec's validation
+   set (the test split's first ``eval_size`` images) and writes the round to
+   ``<datadir>/federation/task-<id>.json`` (also served by ``round_status``).
+
+``federation.fault = "wrong-aggregate"`` makes this miner propose a perturbed aggregate (for the
+fault-tolerance test and demonstrations): honest miners refuse it and the next leader commits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from eth.abc import BlockAPI
+
+from ..cid import Cid
+from ..consensus.chain import TxOutcome
+from ..learning.aggregation import aggregates_match
+from ..learning.federated import (
+    RoundDecision,
+    Submission,
+    evaluate_model,
+    judge_round,
+    load_weights,
+    network_config,
+)
+from ..learning.serialization import weights_to_bytes
+from ..learning.taskspec import LearningTaskSpec
+from . import ledgerview
+from .context import FederationContext, FederationError
+
+_VALIDATE_WAIT_S = 20.0
+
+
+@dataclass
+class _Round:
+    """A miner's working state for one task's open round."""
+
+    task: int
+    round: int
+    spec: LearningTaskSpec
+    model: Cid
+    opened_at: int
+    fetched: dict[str, bytes | None] = field(default_factory=dict)
+    """CID → bytes (None: the fetch failed)."""
+    fetching: set[str] = field(default_factory=set)
+    fetch_s: dict[str, float] = field(default_factory=dict)
+    decision: tuple[tuple[int, int, tuple[str, ...]], RoundDecision, Cid] | None = None
+    judging: bool = False
+    wanted_at: float | None = None
+    changed: trio.Event = field(default_factory=trio.Event)
+
+
+class MinerRole:
+    """Judges, proposes and validates rounds (see the module docstring)."""
+
+    def __init__(self, ctx: FederationContext) -> None:
+        self.ctx = ctx
+        self.log = ctx.log.bind(role="miner")
+        self._rounds: dict[int, _Round] = {}
+        self._views: dict[int, ledgerview.RoundView] = {}
+        self._nursery: trio.Nursery | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._evaluated: set[tuple[int, int]] = set()
+        self._locks: dict[int, trio.Lock] = {}
+        self.fault = ctx.config.federation.fault == "wrong-aggregate"
+
+    # -- the consensus hooks ------------------------------------------------------------------
+
+    def wants_block(self) -> bool:
+        return any(self._ready(view) for view in self._views.values())
+
+    async def transactions(self, head_number: int) -> list[bytes]:
+        out = []
+        for task_id, view in list(self._views.items()):
+            if view.head_number != head_number or not self._ready(view):
+                continue
+            state = self._rounds[task_id]
+            assert state.decision is not None
+            _, decision, cid = state.decision
+            data = self.ctx.contract.commit_round(
+                task_id,
+                view.round,
+                cid,
+                decision.accepted,
+                decision.rejected,
+                [1.0] * len(decision.accepted),
+            )
+            key = self.ctx.identity.private_key
+
+            def sign(data: bytes = data, key: Any = key) -> bytes:
+                chain = self.ctx.chain.chain
+                nonce = chain.nonce(self.ctx.identity.address_bytes)
+                tx = chain.sign_transaction(
+                    key, to=self.ctx.contract.address, data=data, nonce=nonce
+                )
+                return tx.encode()
+
+            try:
+                out.append(await self.ctx.chain.run_sync(sign))
+                self.log.info(
+                    "proposing round commit",
+                    task=task_id,
+                    round=view.round,
+                    aggregate=str(cid),
+                    accepted=len(decision.accepted),
+                    rejected=len(decision.rejected),
+                )
+            except Exception as exc:  # e.g. the estimate reverts: the round moved on
+                self.log.warning("cannot sign a round commit", task=task_id, error=str(exc))
+        return out
+
+    def _ready(self, view: ledgerview.RoundView) -> bool:
+        state = self._rounds.get(view.task.id)
+        return (
+            state is not None
+            and state.round == view.round
+            and state.decision is not None
+            and state.decision[0] == view.key
+        )
+
+    async def validate(self, block: BlockAPI, outcomes: Sequence[TxOutcome]) -> bool:
+        """The application check of a proposed block (``BlockValidator``)."""
+        contract = self.ctx.contract
+        selector = contract.codec.selector("commitRound")
+        for tx in block.transactions:
+            if bytes(tx.to) != contract.address or bytes(tx.data[:4]) != selector:
+                continue
+            args = contract.codec.decode_call("commitRound", bytes(tx.data))
+            task_id, round_, aggregate = int(args[0]), int(args[1]), Cid(bytes(args[2]))
+            accepted = tuple(a.lower() for a in args[3])
+            rejected = tuple(a.lower() for a in args[4])
+            if task_id not in self._views and not await self._is_member(task_id):
+                continue  # not our committee: its members judge it
+            ok = await self._check_commit(
+                task_id, round_, aggregate, accepted, rejected, int(block.header.timestamp)
+            )
+            if not ok:
+                return False
+        return True
+
+    async def _is_member(self, task_id: int) -> bool:
+        def read() -> bool:
+            committee = self.ctx.contract.committee(self.ctx.chain.chain.call, task_id)
+            return self.ctx.address.lower() in {m.lower() for m in committee}
+
+        try:
+            return await self.ctx.chain.run_sync(read)
+        except Exception:
+            return False
+
+    async def _check_commit(
+        self,
+        task_id: int,
+        round_: int,
+        aggregate: Cid,
+        accepted: tuple[str, ...],
+        rejected: tuple[str, ...],
+        timestamp: int,
+    ) -> bool:
+        with trio.move_on_after(_VALIDATE_WAIT_S):
+            while True:
+                await self.refresh_task(task_id)
+                view = self._views.get(task_id)
+                state = self._rounds.get(task_id)
+                if view is None or state is None or view.round != round_:
+                    self.log.warning(
+                        "proposed commit is for another round", task=task_id, round=round_
+                    )
+                    return False
+                if not view.closable(timestamp, state.spec.round.deadline_s):
+                    self.log.warning(
+                        "proposed commit closes a round early",
+                        task=task_id,
+                        round=round_,
+                        submissions=len(view.submissions),
+                    )
+                    return False
+                if state.decision is not None and state.decision[0] == view.key:
+                    break
+                await state.changed.wait()
+        if state.decision is None or state.decision[0] != view.key:
+            self.log.warning(
+                "could not judge the proposed round in time", task=task_id, round=round_
+            )
+            return False
+        _, decision, mine = state.decision
+        if (
+            tuple(a.lower() for a in decision.accepted) != accepted
+            or tuple(a.lower() for a in decision.rejected) != rejected
+        ):
+            self.log.warning(
+                "proposed commit judges the updates differently",
+                task=task_id,
+                round=round_,
+                proposed_accepted=len(accepted),
+                mine_accepted=len(decision.accepted),
+            )
+            return False
+        if aggregate == mine:
+            return True
+        try:
+            theirs = await self.ctx.fetch(aggregate)
+        except FederationError as exc:
+            self.log.warning("cannot fetch the proposed aggregate", error=str(exc))
+            return False
+        cfg = network_config(state.spec, 1)
+
+        def compare() -> bool:
+            try:
+                return aggregates_match(
+                    load_weights(cfg, decision.weights), load_weights(cfg, theirs)
+                )
+            except Exception:
+                return False
+
+        same = await trio.to_thread.run_sync(compare)
+        if not same:
+            self.log.warning(
+                "proposed aggregate differs from mine",
+                task=task_id,
+                round=round_,
+                proposed=str(aggregate),
+            )
+        return same
+
+    # -- following the ledger -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        heads = self.ctx.chain.subscribe_blocks()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._clock)
+            with heads:
+                await self.refresh_all()
+                async for _head in heads:
+                    await self.refresh_all()
+
+    async def _clock(self) -> None:
+        """Deadlines pass between blocks: re-check open rounds every second."""
+        while True:
+            await trio.sleep(1.0)
+            for task_id in list(self._views):
+                self._maybe_judge(task_id)
+
+    async def refresh_all(self) -> None:
+        tasks = await self.ctx.chain.run_sync(
+            ledgerview.tasks, self.ctx.chain.chain, self.ctx.contract
+        )
+        for task in tasks:
+            if task.closed or task.finished:
+                self._views.pop(task.id, None)
+                if task.id in self._rounds:
+                    await self._committed(task.id)
+                    self._rounds.pop(task.id, None)
+                continue
+            if task.id not in self._views and not await self._is_member(task.id):
+                continue
+            await self.refresh_task(task.id)
+
+    async def refresh_task(self, task_id: int) -> None:
+        async with self._locks.setdefault(task_id, trio.Lock()):
+            await self._refresh_task(task_id)
+
+    async def _refresh_task(self, task_id: int) -> None:
+        view = await self.ctx.chain.run_sync(
+            ledgerview.round_view, self.ctx.chain.chain, self.ctx.contract, task_id
+        )
+        if view is None:
+            return
+        previous = self._views.get(task_id)
+        self._views[task_id] = view
+        state = self._rounds.get(task_id)
+        if state is None or state.round != view.round:
+            if state is not None:
+                await self._committed(task_id)
+            spec = await self.ctx.spec(view.task.spec, prefer=[view.task.owner])
+            state = _Round(task_id, view.round, spec, view.task.model, view.opened_at)
+            self._rounds[task_id] = state
+            self.ctx.publish(
+                "round_started", task=task_id, round=view.round, model=str(view.task.model)
+            )
+            self.log.info("round open", task=task_id, round=view.round, model=str(view.task.model))
+            # Make sure we hold the global model (the aggregate judged against it).
+            self._start(self._fetch_model, state)
+        for sub in view.submissions:
+            key = str(sub.cid)
+            if key not in state.fetched and key not in state.fetching:
+                state.fetching.add(key)
+                self._start(self._fetch_update, state, sub)
+        if previous is None or previous.key != view.key:
+            self._wake(state)
+        self._maybe_judge(task_id)
+
+    def _start(self, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    @staticmethod
+    def _wake(state: _Round) -> None:
+        state.changed.set()
+        state.changed = trio.Event()
+
+    async def _fetch_model(self, state: _Round) -> None:
+        try:
+            await self.ctx.fetch(state.model, pin=True)
+        except FederationError as exc:
+            self.log.error("cannot fetch the round's global model", task=state.task, error=str(exc))
+        self._maybe_judge(state.task)
+
+    async def _fetch_update(self, state: _Round, sub: ledgerview.SubmittedUpdate) -> None:
+        t0 = time.perf_counter()
+        key = str(sub.cid)
+        try:
+            data: bytes | None = await self.ctx.fetch(sub.cid, prefer=[sub.device])
+            self.ctx.publish(
+                "update_received", task=state.task, round=state.round, device=sub.device, cid=key
+            )
+        except FederationError as exc:
+            self.log.warning("cannot fetch an update", device=sub.device, cid=key, error=str(exc))
+            data = None
+        state.fetch_s[key] = time.perf_counter() - t0
+        state.fetched[key] = data
+        state.fetching.discard(key)
+        self._maybe_judge(state.task)
+
+    def _maybe_judge(self, task_id: int) -> None:
+        view = self._views.get(task_id)
+        state = self._rounds.get(task_id)
+        if view is None or state is None or state.judging or state.round != view.round:
+            return
+        if state.decision is not None and state.decision[0] == view.key:
+            return
+        if not view.closable(time.time(), state.spec.round.deadline_s):
+            return
+        if any(str(s.cid) not in state.fetched for s in view.submissions):
+            return
+        if not self.ctx.blobs.has(state.model):
+            return
+        state.judging = True
+        self._start(self._judge, state, view)
+
+    async def _judge(self, state: _Round, view: ledgerview.RoundView) -> None:
+        try:
+            spec = state.spec
+            cfg = network_config(spec, 1)
+            model = await trio.to_thread.run_sync(self.ctx.blobs.get, state.model)
+            subs = [
+                Submission(s.device, str(s.cid), s.n_samples, state.fetched.get(str(s.cid)))
+                for s in view.submissions
+            ]
+
+            def judge() -> RoundDecision:
+                return judge_round(
+                    cfg,
+                    spec.aggregation.rule,
+                    spec.aggregation.params,
+                    model,
+                    subs,
+                    min_updates=spec.round.min_updates,
+                    max_update_norm=spec.round.max_update_norm,
+                )
+
+            decision = await trio.to_thread.run_sync(judge, limiter=self._limiter)
+            weights = decision.weights
+            if self.fault:
+                weights = await trio.to_thread.run_sync(_perturb, cfg, weights)
+            cid = await self.ctx.store(weights)
+            state.decision = (view.key, decision, cid)
+            state.wanted_at = time.monotonic()
+            self.log.info(
+                "round judged",
+                task=state.task,
+                round=state.round,
+                accepted=len(decision.accepted),
+                rejected=len(decision.rejected),
+                carried_forward=decision.carried_forward,
+                aggregate=str(cid),
+                aggregate_s=round(decision.aggregate_s, 3),
+            )
+        except Exception as exc:
+            self.log.error("judging a round failed", task=state.task, error=repr(exc))
+        finally:
+            state.judging = False
+            self._wake(state)
+
+    async def _committed(self, task_id: int) -> None:
+        """The round we were following was committed (or the task ended): record it."""
+        state = self._rounds.get(task_id)
+        if state is None or (task_id, state.round) in self._evaluated:
+            return
+        self._evaluated.add((task_id, state.round))
+        self._start(self._record_round, state)
+
+    async def _record_round(self, state: _Round) -> None:
+        history = await self.ctx.chain.run_sync(
+            ledgerview.round_history, self.ctx.chain.chain, self.ctx.contract, state.task
+        )
+        entry = next((h for h in history if h["round"] == state.round), None)
+        if entry is None:
+            return
+        aggregate = Cid.parse(str(entry["aggregate"]))
+        decision = state.decision[1] if state.decision is not None else None
+        mine = state.decision is not None and state.decision[2] == aggregate
+        try:
+            weights = await self.ctx.fetch(aggregate, prefer=[str(entry["proposer"])], pin=True)
+            cfg = network_config(state.spec, 1)
+            accuracy, loss = await trio.to_thread.run_sync(
+                evaluate_model, cfg, weights, state.spec.round.eval_size, limiter=self._limiter
+            )
+        except Exception as exc:
+            self.log.error("cannot evaluate the committed model", task=state.task, error=str(exc))
+            accuracy = loss = None
+        consensus_s = (
+            time.monotonic() - state.wanted_at if state.wanted_at is not None and mine else None
+        )
+        record = self.ctx.read_record(f"task-{state.task}")
+        rounds = [r for r in record.get("rounds", []) if r.get("round") != state.round]
+        rounds.append(
+            {
+                **entry,
+                "opened_at": state.opened_at,
+                "accuracy": accuracy,
+                "loss": loss,
+                "accepted_devices": list(decision.accepted) if decision and mine else None,
+                "rejected_devices": list(decision.rejected) if decision and mine else None,
+                "reasons": decision.reasons if decision and mine else None,
+                "carried_forward": decision.carried_forward if decision and mine else None,
+                "fetch_s": max(state.fetch_s.values(), default=0.0),
+                "aggregate_s": decision.aggregate_s if decision else None,
+                "consensus_s": consensus_s,
+                "agreed_with_commit": mine,
+                "validation": f"{state.spec.data.dataset} test split, first "
+                f"{state.spec.round.eval_size} images",
+            }
+        )
+        rounds.sort(key=lambda r: r["round"])
+        record.update({"task": state.task, "rounds": rounds})
+        self.ctx.write_record(f"task-{state.task}", record)
+        self.ctx.publish(
+            "round_committed",
+            task=state.task,
+            round=state.round,
+            aggregate=str(aggregate),
+            accuracy=accuracy,
+            loss=loss,
+        )
+        if decision is not None and mine:
+            for device in decision.accepted:
+                self.ctx.publish(
+                    "update_accepted", task=state.task, round=state.round, device=device
+                )
+            for device in decision.rejected:
+                self.ctx.publish(
+                    "update_rejected",
+                    task=state.task,
+                    round=state.round,
+                    device=device,
+                    reason=decision.reasons.get(device, ""),
+                )
+        self.log.info(
+            "round committed",
+            task=state.task,
+            round=state.round,
+            accuracy=accuracy,
+            aggregate=str(aggregate),
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            str(task_id): {
+                "round": state.round,
+                "fetched": sum(1 for v in state.fetched.values() if v is not None),
+                "failed": sum(1 for v in state.fetched.values() if v is None),
+                "judged": state.decision is not None,
+            }
+            for task_id, state in self._rounds.items()
+        }
+
+
+def _perturb(cfg: Any, weights: bytes) -> bytes:
+    """The ``wrong-aggregate`` fault: the aggregate with every float weight shifted by 0.05."""
+    state = load_weights(cfg, weights)
+    return weights_to_bytes(
+        {k: (v + 0.05) if v.is_floating_point() else v for k, v in state.items()}
+    )
