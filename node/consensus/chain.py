@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import rlp
-from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI
+from eth._utils.rlp import validate_imported_block_unchanged
+from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI, WithdrawalAPI
 from eth.db.backends.base import BaseAtomicDB
 from eth.exceptions import (
     BlockNotFound,
@@ -39,10 +40,15 @@ from eth.exceptions import (
     TransactionNotFound,
 )
 from eth.vm.forks import PragueVM
+from eth.vm.forks.prague.constants import (
+    DEPOSIT_CONTRACT_ADDRESS,
+    DEPOSIT_EVENT_SIGNATURE_HASH,
+    DEPOSIT_REQUEST_TYPE,
+)
 from eth.vm.spoof import SpoofTransaction
 from eth_bloom import BloomFilter
 from eth_keys import keys
-from eth_utils import ValidationError, to_canonical_address, to_checksum_address
+from eth_utils import ValidationError, to_bytes, to_canonical_address, to_checksum_address
 
 from .abi import decode_revert
 from .errors import BlockRejected, ContractReverted, GenesisMismatchError, NotFound
@@ -54,6 +60,7 @@ DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei tip
 CALL_GAS = 50_000_000
 # 30 M gas of calldata at 16 gas per byte is under 2 MB; anything much larger is hostile.
 MAX_BLOCK_SIZE = 4 * 2**20
+_MAX_BUILT = 8  # built, not yet imported blocks kept for a cheap import of one of them
 
 
 # -- accelerators for py-evm's pure-Python hot paths -------------------------------------------
@@ -325,6 +332,54 @@ def _logs_of(
     )
 
 
+class LedgerVM(PragueVM):
+    """PragueVM, with the EIP-6110 deposit scan reading the receipts it has just made from memory.
+
+    PragueVM reads them back from the database and decodes them (a tenth of a block import);
+    the outcome is the same, and the database is still used for a block whose receipts this VM
+    did not make.
+    """
+
+    _made_receipts: tuple[bytes, tuple[ReceiptAPI, ...]] | None = None
+
+    def set_block_transactions_and_withdrawals(
+        self,
+        base_block: BlockAPI,
+        new_header: BlockHeaderAPI,
+        transactions: Sequence[SignedTransactionAPI],
+        receipts: Sequence[ReceiptAPI],
+        withdrawals: Sequence[WithdrawalAPI] | None = None,
+    ) -> BlockAPI:
+        block = super().set_block_transactions_and_withdrawals(
+            base_block, new_header, transactions, receipts, withdrawals
+        )
+        self._made_receipts = (block.header.receipt_root, tuple(receipts))
+        return block
+
+    def process_deposit_request_data(self, block: BlockAPI) -> None:
+        made = self._made_receipts
+        if made is not None and made[0] == block.header.receipt_root:
+            receipts: Sequence[ReceiptAPI] = made[1]
+        else:
+            receipts = block.get_receipts(self.chaindb)
+        data = b""
+        for receipt in receipts:  # as in PragueVM.process_deposit_request_data
+            for log in receipt.logs:
+                if (
+                    log.address == DEPOSIT_CONTRACT_ADDRESS
+                    and len(log.topics) > 0
+                    and to_bytes(log.topics[0]) == DEPOSIT_EVENT_SIGNATURE_HASH
+                ):
+                    data += (
+                        log.data[192:240]
+                        + log.data[288:320]
+                        + log.data[352:360]
+                        + log.data[416:512]
+                        + log.data[544:552]
+                    )
+        block.block_requests.append(DEPOSIT_REQUEST_TYPE + data)
+
+
 class Chain:
     """One node's copy of the ledger (see module docstring). Not thread-safe."""
 
@@ -339,7 +394,13 @@ class Chain:
     ) -> None:
         self.spec = spec
         self.db = db
-        cls = chain_class(spec.chain_id)
+        base_cls = chain_class(spec.chain_id)
+        cls = base_cls.configure(
+            __name__=base_cls.__name__,
+            vm_configuration=tuple(
+                (at, LedgerVM if vm is PragueVM else vm) for at, vm in base_cls.vm_configuration
+            ),
+        )
         genesis_hash = (
             bytes.fromhex(spec.genesis_hash.removeprefix("0x")) if spec.genesis_hash else None
         )
@@ -361,6 +422,12 @@ class Chain:
                 "this data dir was created with, or a fresh data dir"
             )
         self.genesis_hash = stored
+        # Blocks this node built, by hash, with the head they were built on: importing one of
+        # them needs no re-execution (see import_block). Bounded: consensus may ask for several
+        # proposals at one height, and only one is ever imported.
+        self._built: dict[bytes, BlockAPI] = {}
+        # (hash, transaction count) of the last block imported, so head() need not decode it.
+        self._head_tx_count: tuple[bytes, int] | None = None
         self.mempool = Mempool(self, max_txs=mempool_max_txs, max_tx_size=max_tx_size)
 
     # -- heads and blocks -----------------------------------------------------------------------
@@ -375,7 +442,13 @@ class Chain:
 
     def head(self) -> Head:
         header = self._chain.get_canonical_head()
-        block = self._chain.get_canonical_block_by_number(header.block_number)
+        known = self._head_tx_count
+        if known is not None and known[0] == header.hash:
+            tx_count = known[1]
+        else:
+            tx_count = len(
+                self._chain.get_canonical_block_by_number(header.block_number).transactions
+            )
         return Head(
             number=int(header.block_number),
             hash=header.hash,
@@ -386,7 +459,7 @@ class Chain:
             gas_used=int(header.gas_used),
             gas_limit=int(header.gas_limit),
             base_fee=int(header.base_fee_per_gas),
-            tx_count=len(block.transactions),
+            tx_count=tx_count,
         )
 
     def block(self, number_or_hash: int | bytes) -> BlockAPI:
@@ -504,6 +577,10 @@ class Chain:
             block = vm.mine_block(filled).block
         except ValidationError as exc:
             raise BlockRejected(f"cannot build a block: {exc}") from None
+        # mine_block wrote the block's state, transaction and receipt tries to the database.
+        while len(self._built) >= _MAX_BUILT:
+            del self._built[next(iter(self._built))]
+        self._built[block.hash] = block
         outcomes = []
         previous = 0
         for tx, receipt, comp in zip(chosen, receipts, computations, strict=True):
@@ -563,7 +640,13 @@ class Chain:
             raise BlockRejected(f"not an RLP-encoded block: {exc}") from None
 
     def import_block(self, block: BlockAPI | bytes) -> Head:
-        """Validate and import a block that extends the head (re-executes every transaction)."""
+        """Validate and import a block that extends the head.
+
+        A block from elsewhere is re-executed and every root of its header checked. A block this
+        node built itself with :meth:`build_block` on the current head (same hash, so the same
+        header, state root and transactions root) is not: building executed it and wrote its
+        state to the database already, so only the block itself is stored.
+        """
         if isinstance(block, bytes | bytearray | memoryview):
             block = self.decode_block(bytes(block))
         head = self._chain.get_canonical_head()
@@ -572,12 +655,36 @@ class Chain:
                 f"block #{block.number} 0x{block.hash.hex()[:16]} does not extend the head "
                 f"#{head.block_number} 0x{head.hash.hex()[:16]}"
             )
+        chain = self._chain
+        built = self._built.pop(block.hash, None)
         try:
-            self._chain.import_block(block)
+            if built is not None and self._same_block(block, built):
+                imported = built  # our own object: its transactions are the ones we executed
+            else:
+                # What py-evm's Chain.import_block does, less re-reading and decoding the block
+                # from the database after storing it.
+                base = chain.create_header_from_parent(head).copy(gas_used=block.header.gas_used)
+                imported = chain.get_vm(base).import_block(block).block
+                validate_imported_block_unchanged(imported, block)
+            chain.validate_block(imported)
+            chain.chaindb.persist_block(imported)  # one atomic batch
         except (ValidationError, rlp.exceptions.RLPException, ValueError) as exc:
             raise BlockRejected(f"block #{block.number} is invalid: {exc}") from None
+        chain.header = chain.ensure_header()  # the pending header MiningChain keeps
+        self._head_tx_count = (imported.hash, len(imported.transactions))
         self.mempool.prune()
         return self.head()
+
+    def _same_block(self, block: BlockAPI, built: BlockAPI) -> bool:
+        """Whether ``block`` is ``built`` (the header hash alone does not cover the body)."""
+        if block is built:
+            return built.header.state_root in self.db
+        return (
+            [tx.hash for tx in block.transactions] == [tx.hash for tx in built.transactions]
+            and list(block.uncles) == list(built.uncles)
+            and list(getattr(block, "withdrawals", ())) == list(getattr(built, "withdrawals", ()))
+            and built.header.state_root in self.db
+        )
 
     def mine(
         self,
