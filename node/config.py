@@ -246,14 +246,11 @@ class FederationSection(_Section):
         description="Device: peer id of the edge node to offload head training to "
         "(dpsgd-extractor tasks; empty = train locally).",
     )
-    epsilon_cap: float | None = Field(
-        None,
-        gt=0,
+    epsilon_cap: float = Field(
+        0.0,
+        ge=0,
         description="Device: the most per-sample epsilon this device spends on one task, if less "
-        "than the task asks (its privacy ledger refuses rounds beyond it).",
-    )
-    fetch_timeout_s: float = Field(
-        30.0, gt=0, description="Seconds to fetch a model or an update by CID from peers."
+        "than the task asks (its privacy ledger refuses rounds beyond it); 0 = the task's budget.",
     )
     fault: Literal["", "label-flip", "scale", "wrong-aggregate"] = Field(
         "",

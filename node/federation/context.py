@@ -28,12 +28,14 @@ from ..fsutil import write_file_atomically
 from ..identity import NodeIdentity, address_from_peer_id
 from ..learning.taskspec import LearningTaskSpec, load_task_spec
 from ..log import get_logger
+from ..p2p.fetch import FetchError
 from ..p2p.service import P2PService
 from ..storage import BlobNotFoundError, CorruptBlobError
 from ..storage.blobstore import BlobStore
 from ..storage.service import BlobStoreService
 
 RECORDS_DIR = "federation"
+_MAX_PROVIDERS = 8  # peers asked, one after another, for one blob
 
 EVENT_TOPICS = {
     "task_created": "A task was published on the ledger (task, spec, model, rounds).",
@@ -101,16 +103,17 @@ class FederationContext:
             pass
         by_address = self.peers_by_address()
         first = [by_address.get(p.lower(), p) for p in prefer]
-        providers = [p for p in first if p in by_address.values()]
-        providers += [p for p in self.p2p.connected_peers() if p not in providers]
+        providers = list(dict.fromkeys(p for p in first if p in by_address.values()))
+        others = [p for p in self.p2p.connected_peers() if p not in providers]
+        providers += others[: max(0, _MAX_PROVIDERS - len(providers))]
         if not providers:
             raise FederationError(f"cannot fetch {cid}: no peer is connected")
-        timeout = self.config.federation.fetch_timeout_s
-        with trio.move_on_after(timeout):
+        try:
             data = await self.p2p.fetch(cid, providers)
-            await trio.to_thread.run_sync(self._store, data, pin)
-            return data
-        raise FederationError(f"cannot fetch {cid} from {len(providers)} peer(s) in {timeout:g} s")
+        except FetchError as exc:
+            raise FederationError(f"cannot fetch {cid}: {exc}") from None
+        await trio.to_thread.run_sync(self._store, data, pin)
+        return data
 
     def _store(self, data: bytes, pin: bool) -> Cid:
         cid = self.blobs.put(data)

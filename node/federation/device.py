@@ -144,7 +144,7 @@ class DeviceRole:
                 task_id=f"task-{task.id}",
                 device_id=self.ctx.address,
                 seed=hash((self.ctx.address, task.id)) & 0x7FFFFFFF,
-                budget_cap=s.epsilon_cap,
+                budget_cap=s.epsilon_cap or None,
                 poison=self.poison,
             )
 
@@ -161,7 +161,11 @@ class DeviceRole:
 
     async def _train_and_submit(self, task: TaskInfo) -> None:
         t_fetch = time.perf_counter()
-        model = await self.ctx.fetch(task.model, prefer=[task.owner], pin=True)
+        # The committee computed (and holds) every aggregate; the owner holds the first model.
+        committee = await self.ctx.chain.run_sync(
+            self.ctx.contract.committee, self.ctx.chain.chain.call, task.id
+        )
+        model = await self.ctx.fetch(task.model, prefer=[*committee, task.owner], pin=True)
         fetch_s = time.perf_counter() - t_fetch
         learner = await self._learner(task)
         offload = None

@@ -75,6 +75,7 @@ class FederationService(Service):
                 if role is not None:
                     nursery.start_soon(role.run)
             task_status.started()
+            await trio.sleep_forever()
 
     def describe(self) -> dict[str, object]:
         return {

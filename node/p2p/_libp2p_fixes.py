@@ -16,9 +16,16 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   those topics (seen in tests as a peer that waits forever for a subscriber). Subscriptions are
   idempotent, so :func:`reannounce_subscriptions` re-sends ours to every peer, and the service
   calls it every few seconds.
+* **Teardown race**: ``Pubsub._teardown_if_connected`` deletes the peer's stream entry after an
+  await, so a peer removed meanwhile raises KeyError, which stops the Pubsub service and then
+  crashes the node on the next RPC read (seen on a loaded 14-node devnet). Replaced by a version
+  that pops the entry.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Any
 
 import libp2p.pubsub.pubsub as _pubsub_module
 from libp2p.pubsub.rpc_queue import RpcQueue
@@ -57,10 +64,23 @@ async def reannounce_subscriptions(pubsub: object) -> None:
     await pubsub.message_all_peers(packet.SerializeToString())  # type: ignore[attr-defined]
 
 
+async def _teardown_if_connected(self: Any, peer_id: Any) -> None:
+    """py-libp2p 0.8.1's version deletes ``self.peers[peer_id]`` after awaiting the stream's
+    reset; when the peer was removed meanwhile (a ban and a disconnect at once) the KeyError
+    stops the whole Pubsub service, and the next RPC read crashes the swarm and the node."""
+    stream = self.peers.get(peer_id)
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            await stream.reset()
+        self.peers.pop(peer_id, None)
+    self._forget_all_subscriptions(peer_id)
+
+
 def apply() -> None:
     """Install the work-arounds (idempotent)."""
     global _applied
     if _applied:
         return
     _pubsub_module.RpcQueue = _DeepRpcQueue  # type: ignore[misc]
+    _pubsub_module.Pubsub._teardown_if_connected = _teardown_if_connected  # type: ignore[method-assign]
     _applied = True

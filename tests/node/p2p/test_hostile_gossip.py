@@ -80,10 +80,14 @@ async def test_bad_envelope_is_dropped_counted_and_scored(name: str, make, reaso
         # Honest traffic still arrives, and only it.
         assert [e.message for e in received] == [Ping(nonce=7)]
         assert receiver.stats.dropped.get(reason, 0) >= 1, receiver.stats.dropped
-        # Mallory (the hop it came from) paid for it; the honest node did not.
-        assert receiver.scores.score(mallory.peer_id) < 0
+        # Mallory (the hop it came from) paid for it; the honest node did not. A stale envelope
+        # is only dropped: honest relays on a loaded machine deliver late (PENALTIES["stale"]).
         assert receiver.scores.score(honest.peer_id) == 0
         assert receiver.scores.snapshot(mallory.peer_id).offences.get(reason, 0) >= 1
+        if reason == "stale":
+            assert receiver.scores.score(mallory.peer_id) == 0
+        else:
+            assert receiver.scores.score(mallory.peer_id) < 0
 
 
 async def test_resent_envelope_is_a_duplicate_and_old_sequence_a_replay() -> None:
