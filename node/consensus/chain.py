@@ -196,11 +196,73 @@ def _install_nibbles() -> None:
     REPLACED.update({old.__name__: old for old, _ in pairs})
 
 
+_STRING_PREFIX = [bytes((0x80 + n,)) for n in range(56)]
+_LIST_PREFIX = [bytes((0xC0 + n,)) for n in range(56)]
+
+
+def _rlp_encoder(original: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """rlp.codec.encode_raw with exact type tests instead of ABC ``isinstance`` checks for bytes,
+    lists and tuples (what trie nodes and serialized transactions, receipts and accounts are);
+    anything else goes to the original."""
+
+    def encode_raw(item: Any) -> bytes:
+        kind = type(item)
+        if kind is bytes:
+            n = len(item)
+            if n == 1 and item[0] < 128:
+                return item
+            if n < 56:
+                return _STRING_PREFIX[n] + item
+            if n < 2**64:
+                size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+                return bytes((0xB7 + len(size),)) + size + item
+        elif kind is list or kind is tuple:
+            payload = b"".join([encode_raw(x) for x in item])
+            n = len(payload)
+            if n < 56:
+                return _LIST_PREFIX[n] + payload
+            if n < 2**64:
+                size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+                return bytes((0xF7 + len(size),)) + size + payload
+        return original(item)
+
+    return encode_raw
+
+
+def _install_rlp_encoder() -> None:
+    import rlp.codec
+    import trie.hexary
+
+    original = rlp.codec.encode_raw
+    if getattr(original, "_flnode_fast", False):
+        return
+    fast = _rlp_encoder(original)
+    fast._flnode_fast = True  # type: ignore[attr-defined]
+    samples: list[Any] = [
+        b"",
+        b"\x00",
+        b"\x7f",
+        b"\x80",
+        b"a" * 55,
+        b"b" * 56,
+        b"c" * 300,
+        [],
+        [b"", [b"\x01", [b"x" * 60]], (b"y" * 70,)] * 3,
+        [[b"z" * 200] * 400],
+    ]
+    if all(fast(x) == original(x) for x in samples):
+        REPLACED["encode_raw"] = original
+        rlp.codec.encode_raw = fast
+        if trie.hexary.encode_raw is original:
+            trie.hexary.encode_raw = fast
+
+
 def _install_accelerators() -> None:
     import eth_hash.auto
     import trie.hexary
 
     _install_nibbles()
+    _install_rlp_encoder()
 
     original = eth_hash.auto.keccak
     fast = _fast_keccak()

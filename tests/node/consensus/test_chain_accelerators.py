@@ -45,7 +45,39 @@ def test_all_accelerators_are_installed() -> None:
         "encode_nibbles",
         "add_nibbles_terminator",
         "remove_nibbles_terminator",
+        "encode_raw",
     }
+
+
+def test_rlp_encoding_matches_the_original() -> None:
+    import rlp
+    import rlp.codec
+
+    original = chain.REPLACED["encode_raw"]
+    rng = random.Random(9)
+
+    def item(depth: int) -> object:
+        if depth > 3 or rng.random() < 0.5:
+            return rng.randbytes(rng.choice((0, 1, 1, 2, 55, 56, 57, 300, 7_000)))
+        return [item(depth + 1) for _ in range(rng.randrange(0, 20))]
+
+    for _ in range(200):
+        x = item(0)
+        assert rlp.codec.encode_raw(x) == original(x)
+        assert rlp.decode(rlp.encode(x)) == x
+    for bad in (1, "text", None, [b"ok", 3]):
+        try:
+            original(bad)
+        except Exception as exc:
+            expected: type[Exception] | None = type(exc)
+        else:
+            expected = None
+        try:
+            got = rlp.codec.encode_raw(bad)
+        except Exception as exc:
+            assert type(exc) is expected
+        else:
+            assert expected is None and got == original(bad)
 
 
 def test_keccak_matches_the_original_in_every_thread() -> None:
