@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 FLNODE := $(VENV)/bin/flnode
-RUN_DIR ?= .run/node0
+DEVNET_DIR ?= .run/devnet
 
 .PHONY: run test test-all lint bench-storage bench-chain contracts venv clean
 
@@ -22,14 +22,14 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 
 venv: $(VENV)/.installed
 
-# Until the devnet exists (issue #9/#10), the main job starts one node, lets it run for a few
-# seconds and stops it with SIGTERM, checking that it exits cleanly.
+# The main job: a local devnet (1 manufacturer, 4 miners, 8 devices, 1 edge; one OS process each)
+# trains the default MNIST task end to end, writes report.json / report.md / accuracy.png into
+# $(DEVNET_DIR), and stops. A devnet left over from an earlier (interrupted) run is replaced.
 run: $(VENV)/.installed
-	@test -f $(RUN_DIR)/node.key || $(FLNODE) init --datadir $(RUN_DIR)
-	@$(FLNODE) keys show --datadir $(RUN_DIR)
-	@$(FLNODE) start --datadir $(RUN_DIR) --role device --log-format console & pid=$$!; \
-	  sleep 5; kill -TERM $$pid; wait $$pid; rc=$$?; \
-	  echo "flnode exited with code $$rc"; exit $$rc
+	@$(FLNODE) devnet down --dir $(DEVNET_DIR) >/dev/null 2>&1 || true
+	@rm -rf $(DEVNET_DIR)
+	$(FLNODE) devnet run --dir $(DEVNET_DIR) --down
+	@echo "summary: $(DEVNET_DIR)/report.md"
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow"

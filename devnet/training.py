@@ -58,7 +58,7 @@ pretrain_epochs = 5
 rule = "three-sigma"
 
 [round]
-deadline_s = 90.0
+deadline_s = 180.0
 updates_per_round = 8
 min_updates = 2
 eval_size = 10000

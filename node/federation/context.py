@@ -138,6 +138,13 @@ class FederationContext:
         """Sign and queue a call of the ledger contract; its transaction hash."""
         return await self.chain.send(self.contract.address, data, value=value)
 
+    async def receipt(self, tx_hash: bytes) -> Receipt | None:
+        """The receipt if the transaction is committed now, else None."""
+        try:
+            return await self.chain.receipt(tx_hash)
+        except NotFound:
+            return None
+
     async def wait_receipt(self, tx_hash: bytes, timeout: float) -> Receipt | None:
         """The receipt once the transaction is in a committed block (None after ``timeout``)."""
         heads = self.chain.subscribe_blocks()

@@ -105,8 +105,44 @@ class DeviceRole:
             )
             if getattr(sub, "status", "none") != "none":
                 continue
+            if await self._already_trained(task):
+                continue
             await self._train_and_submit(task)
             return  # one round at a time; look at the ledger again first
+
+    async def _already_trained(self, task: TaskInfo) -> bool:
+        """Whether this round was trained already (never train a round twice: each run spends
+        privacy budget). A trained update whose transaction was lost (e.g. the node restarted
+        before it was committed) is submitted again, from the blob store, without training."""
+        entry = (
+            self.ctx.read_record(f"device-task-{task.id}").get("rounds", {}).get(str(task.round))
+        )
+        if not entry:
+            return False
+        if "cid" not in entry or entry.get("late") or entry.get("reverted"):
+            return True  # refused, too late, or reverted: nothing more to do this round
+        if entry.get("tx_hash"):
+            tx_hash = bytes.fromhex(entry["tx_hash"][2:])
+
+            def pending() -> bool:
+                return any(tx.hash == tx_hash for tx in self.ctx.chain.chain.mempool.pending())
+
+            if await self.ctx.chain.run_sync(pending):
+                return True
+            receipt = await self.ctx.receipt(tx_hash)
+            if receipt is not None:
+                if not receipt.success:
+                    self._note(task.id, task.round, {"reverted": True})
+                return True
+        cid = Cid.parse(entry["cid"])
+        if not await trio.to_thread.run_sync(self.ctx.blobs.has, cid):
+            return False  # the update itself is gone: train again (the ledger still counts it)
+        tx = await self.ctx.send(
+            self.ctx.contract.submit_update(task.id, task.round, cid, int(entry["n_samples"]))
+        )
+        self._note(task.id, task.round, {"tx_hash": "0x" + tx.hex(), "resubmitted": True})
+        self.log.info("update resubmitted", task=task.id, round=task.round, cid=str(cid))
+        return True
 
     async def join(self, task_id: int) -> dict[str, Any]:
         """Send ``joinTask`` once the task's spec is one this device can serve."""
@@ -194,12 +230,9 @@ class DeviceRole:
             )
             self._note(task.id, task.round, {"late": True, "train_s": update.train_s})
             return
-        tx = await self.ctx.send(
-            self.ctx.contract.submit_update(task.id, task.round, cid, update.n_samples)
-        )
-        timings = {
+        timings: dict[str, Any] = {
             "cid": str(cid),
-            "tx_hash": "0x" + tx.hex(),
+            "n_samples": update.n_samples,
             "fetch_s": fetch_s,
             "train_s": update.train_s,
             "feature_s": update.feature_s,
@@ -208,7 +241,13 @@ class DeviceRole:
             "epsilon_spent": update.epsilon_spent,
             "submitted_at": time.time(),
         }
+        # Recorded before it is sent: a device killed in between resubmits, never retrains.
         self._note(task.id, task.round, timings)
+        tx = await self.ctx.send(
+            self.ctx.contract.submit_update(task.id, task.round, cid, update.n_samples)
+        )
+        timings["tx_hash"] = "0x" + tx.hex()
+        self._note(task.id, task.round, {"tx_hash": timings["tx_hash"]})
         self.ctx.publish("update_submitted", task=task.id, round=task.round, **timings)
         self.log.info(
             "update submitted",
@@ -260,6 +299,3 @@ class DeviceRole:
         for task_id, why in self._unservable.items():
             out[str(task_id)] = {"unservable": why}
         return out
-
-
-_ = Cid

@@ -52,6 +52,7 @@ from . import ledgerview
 from .context import FederationContext, FederationError
 
 _VALIDATE_WAIT_S = 20.0
+_FETCH_ATTEMPTS = 3  # an update nobody can serve after this is rejected as unfetchable
 
 
 @dataclass
@@ -304,7 +305,7 @@ class MinerRole:
             )
             self.log.info("round open", task=task_id, round=view.round, model=str(view.task.model))
             # Make sure we hold the global model (the aggregate judged against it).
-            self._start(self._fetch_model, state)
+            self._start(self._fetch_model, state, view.task.owner)
         for sub in view.submissions:
             key = str(sub.cid)
             if key not in state.fetched and key not in state.fetching:
@@ -323,24 +324,49 @@ class MinerRole:
         state.changed.set()
         state.changed = trio.Event()
 
-    async def _fetch_model(self, state: _Round) -> None:
-        try:
-            await self.ctx.fetch(state.model, pin=True)
-        except FederationError as exc:
-            self.log.error("cannot fetch the round's global model", task=state.task, error=str(exc))
+    async def _fetch_model(self, state: _Round, owner: str) -> None:
+        """The round's global model: the owner published the first, the committee holds the
+        others. Retried until it arrives (a round cannot be judged without it)."""
+        committee = await self.ctx.chain.run_sync(
+            self.ctx.contract.committee, self.ctx.chain.chain.call, state.task
+        )
+        delay = 1.0
+        while self._rounds.get(state.task) is state:
+            try:
+                await self.ctx.fetch(state.model, prefer=[owner, *committee], pin=True)
+                break
+            except FederationError as exc:
+                self.log.warning(
+                    "cannot fetch the round's global model yet", task=state.task, error=str(exc)
+                )
+            await trio.sleep(delay)
+            delay = min(2 * delay, 15.0)
         self._maybe_judge(state.task)
 
     async def _fetch_update(self, state: _Round, sub: ledgerview.SubmittedUpdate) -> None:
         t0 = time.perf_counter()
         key = str(sub.cid)
-        try:
-            data: bytes | None = await self.ctx.fetch(sub.cid, prefer=[sub.device])
-            self.ctx.publish(
-                "update_received", task=state.task, round=state.round, device=sub.device, cid=key
-            )
-        except FederationError as exc:
-            self.log.warning("cannot fetch an update", device=sub.device, cid=key, error=str(exc))
-            data = None
+        data: bytes | None = None
+        for attempt in range(_FETCH_ATTEMPTS):
+            try:
+                data = await self.ctx.fetch(sub.cid, prefer=[sub.device])
+                self.ctx.publish(
+                    "update_received",
+                    task=state.task,
+                    round=state.round,
+                    device=sub.device,
+                    cid=key,
+                )
+                break
+            except FederationError as exc:
+                self.log.warning(
+                    "cannot fetch an update",
+                    device=sub.device,
+                    cid=key,
+                    attempt=attempt + 1,
+                    error=str(exc),
+                )
+                await trio.sleep(2.0 * (attempt + 1))
         state.fetch_s[key] = time.perf_counter() - t0
         state.fetched[key] = data
         state.fetching.discard(key)
