@@ -8,11 +8,14 @@ on the ledger), and writes the role's records as JSON files in ``<datadir>/feder
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -34,6 +37,7 @@ from ..storage import BlobNotFoundError, CorruptBlobError
 from ..storage.blobstore import BlobStore
 from ..storage.service import BlobStoreService
 
+T = TypeVar("T")
 RECORDS_DIR = "federation"
 _MAX_PROVIDERS = 8  # peers asked, one after another, for one blob
 
@@ -47,6 +51,40 @@ EVENT_TOPICS = {
     "round_committed": "A round was committed on the ledger (task, round, aggregate, accuracy).",
     "privacy_refused": "A device refused to train because its privacy budget would be exceeded.",
 }
+
+
+LOW_PRIORITY_NICE = 10
+
+
+async def run_low_priority(fn: Callable[..., T], *args: Any) -> T:
+    """Run CPU-heavy learning work (training, judging, evaluating) in a fresh thread at a lower
+    scheduling priority (Linux nice is per thread).
+
+    Every node's event loop, gossip and consensus must stay responsive while devices train: on
+    a machine running many nodes the training would otherwise starve the consensus of every
+    process (a 14-node devnet on 2 cores lost rounds to it). A fresh thread, because trio reuses
+    its worker threads and a lowered priority cannot be raised back without privileges.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def body() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY_NICE)
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:  # re-raised in the caller
+            error.append(exc)
+
+    def run() -> None:
+        thread = threading.Thread(target=body, name="flnode-learning", daemon=True)
+        thread.start()
+        thread.join()
+
+    await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+    if error:
+        raise error[0]
+    return result[0]
 
 
 class FederationError(FLNodeError):

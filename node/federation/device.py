@@ -39,7 +39,7 @@ from ..learning.federated import (
 from ..learning.ledger import PrivacyBudgetExceeded
 from ..learning.offload import HeadTrainingJob
 from . import ledgerview
-from .context import FederationContext, FederationError
+from .context import FederationContext, FederationError, run_low_priority
 
 HeadOffload = Callable[[int, HeadTrainingJob], Any]
 
@@ -184,7 +184,7 @@ class DeviceRole:
                 poison=self.poison,
             )
 
-        learner = await trio.to_thread.run_sync(build)
+        learner = await run_low_priority(build)
         self._learners[task.id] = learner
         self.log.info(
             "ready to train",
@@ -208,7 +208,7 @@ class DeviceRole:
         if self.offload is not None and learner.release is not None:
             offload = self._offload_for(task.id)
         try:
-            update: TrainedUpdate = await trio.to_thread.run_sync(
+            update: TrainedUpdate = await run_low_priority(
                 lambda: learner.train_round(model, task.round, head_trainer=offload)
             )
         except PrivacyBudgetExceeded as exc:
@@ -265,10 +265,11 @@ class DeviceRole:
     def _offload_for(self, task_id: int) -> Callable[[HeadTrainingJob], Any] | None:
         offload = self.offload
         assert offload is not None
+        token = trio.lowlevel.current_trio_token()  # training runs in a thread trio did not make
 
         def train(job: HeadTrainingJob) -> Any:
             try:
-                return trio.from_thread.run(offload, task_id, job)
+                return trio.from_thread.run(offload, task_id, job, trio_token=token)
             except Exception as exc:
                 self.log.warning("edge offload failed; training the head locally", error=str(exc))
                 from ..learning.federated import train_offloaded_head

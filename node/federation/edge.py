@@ -28,7 +28,7 @@ from libp2p.request_response import (
 from ..learning.federated import check_head, network_config, train_offloaded_head
 from ..learning.offload import HeadTrainingJob
 from ..learning.serialization import read_metadata, weights_from_bytes, weights_to_bytes
-from .context import FederationContext, FederationError
+from .context import FederationContext, FederationError, run_low_priority
 
 OFFLOAD_PROTOCOL = "/flnode/offload/1.0.0"
 MAX_JOB_BYTES = 64 * 2**20
@@ -121,9 +121,8 @@ class EdgeRole:
             spec = await self.ctx.spec(task.spec, prefer=[task.owner])
             cfg = network_config(spec, 1)
             t0 = time.perf_counter()
-            head = await trio.to_thread.run_sync(
-                train_offloaded_head, cfg, job, limiter=self._limiter
-            )
+            async with self._limiter:
+                head = await run_low_priority(train_offloaded_head, cfg, job)
             elapsed = time.perf_counter() - t0
         except Exception as exc:
             self.refused += 1

@@ -17,7 +17,7 @@ import trio
 
 from ..learning.federated import PublishedModel, network_config, publish_model
 from ..learning.taskspec import LearningTaskSpec, load_task_spec
-from .context import FederationContext, FederationError
+from .context import FederationContext, FederationError, run_low_priority
 
 DEFAULT_REWARD_PER_ROUND = 10**18  # 1 unit of the chain's currency per round
 _CREATE_TIMEOUT_S = 120.0
@@ -70,9 +70,10 @@ class ManufacturerRole:
             "pre-training on the public slice", spec=spec.name, public=spec.data.public_size
         )
         t0 = time.perf_counter()
-        published: PublishedModel = await trio.to_thread.run_sync(
-            publish_model, cfg, spec.round.eval_size, limiter=self._limiter
-        )
+        async with self._limiter:
+            published: PublishedModel = await run_low_priority(
+                publish_model, cfg, spec.round.eval_size
+            )
         spec_cid = await self.ctx.store(raw)
         model_cid = await self.ctx.store(published.weights)
         data = contract.create_task(

@@ -49,7 +49,7 @@ from ..learning.federated import (
 from ..learning.serialization import weights_to_bytes
 from ..learning.taskspec import LearningTaskSpec
 from . import ledgerview
-from .context import FederationContext, FederationError
+from .context import FederationContext, FederationError, run_low_priority
 
 _VALIDATE_WAIT_S = 20.0
 _FETCH_ATTEMPTS = 3  # an update nobody can serve after this is rejected as unfetchable
@@ -409,7 +409,8 @@ class MinerRole:
                     max_update_norm=spec.round.max_update_norm,
                 )
 
-            decision = await trio.to_thread.run_sync(judge, limiter=self._limiter)
+            async with self._limiter:
+                decision = await run_low_priority(judge)
             weights = decision.weights
             if self.fault:
                 weights = await trio.to_thread.run_sync(_perturb, cfg, weights)
@@ -453,9 +454,10 @@ class MinerRole:
         try:
             weights = await self.ctx.fetch(aggregate, prefer=[str(entry["proposer"])], pin=True)
             cfg = network_config(state.spec, 1)
-            accuracy, loss = await trio.to_thread.run_sync(
-                evaluate_model, cfg, weights, state.spec.round.eval_size, limiter=self._limiter
-            )
+            async with self._limiter:
+                accuracy, loss = await run_low_priority(
+                    evaluate_model, cfg, weights, state.spec.round.eval_size
+                )
         except Exception as exc:
             self.log.error("cannot evaluate the committed model", task=state.task, error=str(exc))
             accuracy = loss = None

@@ -109,8 +109,12 @@ class Timeouts:
             TimeoutKind.LONE_LEADER: 0.0,
             TimeoutKind.REBROADCAST: self.rebroadcast,
         }[kind]
-        if kind is TimeoutKind.REBROADCAST or kind is TimeoutKind.CREDENTIALS:
+        if kind is TimeoutKind.REBROADCAST:
             return base
+        if kind is TimeoutKind.CREDENTIALS:
+            # Grows with the round too: on a loaded machine credentials arrive late, and a
+            # member that proposes before a lower credential arrives costs the round again.
+            return min(self.maximum, base + round_ * self.delta)
         if kind is TimeoutKind.LONE_LEADER:
             return self.duration(TimeoutKind.PROPOSE, round_) / 3
         return min(self.maximum, base + round_ * self.delta)
