@@ -257,12 +257,38 @@ def _install_rlp_encoder() -> None:
             trie.hexary.encode_raw = fast
 
 
+def _install_shallow_serializable_copy() -> None:
+    """``Serializable.copy`` without ``copy.deepcopy`` of the fields it keeps.
+
+    Serializable objects are immutable (their constructor turns lists into tuples), so a copy can
+    share the unchanged field values. The deep copy cost py-evm a block's worth of transaction
+    copies each time it copies a block (four times per block) and a dozen field copies per
+    header or account update.
+    """
+    from rlp.sedes.serializable import Serializable, merge_args_to_kwargs
+
+    original = Serializable.copy
+    if getattr(original, "_flnode_shallow", False):
+        return
+
+    def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        names = self._meta.field_names
+        keep = set(names).difference(kwargs.keys()).difference(names[: len(args)])
+        unchanged = {key: value for key, value in zip(names, self, strict=True) if key in keep}
+        return type(self)(**merge_args_to_kwargs(args, {**unchanged, **kwargs}, names))
+
+    copy._flnode_shallow = True  # type: ignore[attr-defined]
+    REPLACED["Serializable.copy"] = original
+    Serializable.copy = copy  # type: ignore[method-assign]
+
+
 def _install_accelerators() -> None:
     import eth_hash.auto
     import trie.hexary
 
     _install_nibbles()
     _install_rlp_encoder()
+    _install_shallow_serializable_copy()
 
     original = eth_hash.auto.keccak
     fast = _fast_keccak()

@@ -132,3 +132,24 @@ def test_trie_roots_are_the_same_with_and_without_accelerators() -> None:
         return json.loads(out.stdout)
 
     assert roots("fast") == roots("plain")
+
+
+def test_serializable_copy_is_equal_to_the_deep_one(spec: object, cast: object) -> None:
+    from eth.db.atomic import AtomicDB
+
+    c = chain.Chain(spec, AtomicDB())  # type: ignore[arg-type]
+    tx = c.sign_transaction(
+        cast.devices[0].private_key,  # type: ignore[attr-defined]
+        to=cast.outsider.address,  # type: ignore[attr-defined]
+        value=1,
+        gas=21_000,
+    )
+    built = c.build_block([tx], coinbase=cast.miners[0].address)  # type: ignore[attr-defined]
+    deep = chain.REPLACED["Serializable.copy"]
+    for obj in (built.block, built.block.header):
+        assert obj.copy() == deep(obj) and obj.copy().hash == obj.hash
+    header = built.block.header
+    assert header.copy(gas_used=7) == deep(header, gas_used=7)
+    assert header.copy(gas_used=7).gas_used == 7 and header.gas_used != 7
+    block = built.block.copy(transactions=[])
+    assert block == deep(built.block, transactions=[]) and len(built.block.transactions) == 1
