@@ -23,6 +23,7 @@ What it adds to py-evm:
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -282,9 +283,83 @@ def _install_shallow_serializable_copy() -> None:
     Serializable.copy = copy  # type: ignore[method-assign]
 
 
+def _ordered_trie_builder(
+    original: Callable[[tuple[bytes, ...]], tuple[bytes, dict[bytes, bytes]]],
+) -> Callable[[tuple[bytes, ...]], tuple[bytes, dict[bytes, bytes]]]:
+    """The transactions/receipts trie (keys rlp(index)) built bottom-up in one pass, each node
+    encoded and hashed once, instead of by 100 incremental inserts; same root, same nodes."""
+    from eth_hash.auto import keccak
+    from rlp.sedes import big_endian_int
+
+    def build(items: tuple[bytes, ...]) -> tuple[bytes, dict[bytes, bytes]]:
+        if len(items) < 2 or not all(items):
+            return original(items)
+        pairs = sorted(
+            (_bytes_to_nibbles(rlp.encode(i, sedes=big_endian_int)), item)
+            for i, item in enumerate(items)
+        )
+        for (a, _), (b, _) in itertools.pairwise(pairs):
+            if b[: len(a)] == a:  # a key that prefixes another (never for rlp(index))
+                return original(items)
+        encode = rlp.codec.encode_raw
+        nodes: dict[bytes, bytes] = {}
+
+        def ref(node: list[Any]) -> Any:
+            encoded = encode(node)
+            if len(encoded) < 32:
+                return node
+            digest = keccak(encoded)
+            nodes[digest] = encoded
+            return digest
+
+        def subtrie(group: list[tuple[tuple[int, ...], bytes]], depth: int) -> list[Any]:
+            if len(group) == 1:
+                key, value = group[0]
+                return [_encode_nibbles((*key[depth:], _TERMINATOR)), value]
+            first, last = group[0][0], group[-1][0]
+            common = 0
+            while first[depth + common] == last[depth + common]:
+                common += 1
+            if common:
+                return [
+                    _encode_nibbles(first[depth : depth + common]),
+                    ref(subtrie(group, depth + common)),
+                ]
+            branch: list[Any] = [b""] * 17
+            start = 0
+            for end in range(1, len(group) + 1):
+                if end == len(group) or group[end][0][depth] != group[start][0][depth]:
+                    branch[group[start][0][depth]] = ref(subtrie(group[start:end], depth + 1))
+                    start = end
+            return branch
+
+        root = encode(subtrie(pairs, 0))
+        digest = keccak(root)
+        nodes[digest] = root
+        return digest, nodes
+
+    return build
+
+
+def _install_ordered_trie() -> None:
+    import eth.db.trie
+
+    original = eth.db.trie._make_trie_root_and_nodes
+    if getattr(original, "_flnode_fast", False):
+        return
+    fast = functools.lru_cache(128)(_ordered_trie_builder(original.__wrapped__))
+    fast._flnode_fast = True  # type: ignore[attr-defined]
+    samples = [tuple(bytes([i % 251 + 1]) * (i % 90 + 1) for i in range(n)) for n in (2, 17, 130)]
+    if all(fast.__wrapped__(x) == original.__wrapped__(x) for x in samples):
+        REPLACED["_make_trie_root_and_nodes"] = original.__wrapped__
+        eth.db.trie._make_trie_root_and_nodes = fast
+
+
 def _install_accelerators() -> None:
     import eth_hash.auto
     import trie.hexary
+
+    _install_ordered_trie()
 
     _install_nibbles()
     _install_rlp_encoder()

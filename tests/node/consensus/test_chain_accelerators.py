@@ -46,7 +46,22 @@ def test_all_accelerators_are_installed() -> None:
         "add_nibbles_terminator",
         "remove_nibbles_terminator",
         "encode_raw",
+        "Serializable.copy",
+        "_make_trie_root_and_nodes",
     }
+
+
+def test_ordered_trie_matches_the_incremental_one() -> None:
+    import eth.db.trie
+
+    original = chain.REPLACED["_make_trie_root_and_nodes"]
+    fast = eth.db.trie._make_trie_root_and_nodes.__wrapped__
+    rng = random.Random(13)
+    for n in [*range(40), 127, 128, 129, 255, 256, 257, 700]:
+        items = tuple(
+            rng.randbytes(rng.choice((1, 2, 10, 30, 31, 32, 33, 100, 300))) for _ in range(n)
+        )
+        assert fast(items) == original(items), n  # same root and the same stored nodes
 
 
 def test_rlp_encoding_matches_the_original() -> None:
