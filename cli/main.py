@@ -22,6 +22,7 @@ from .keys import keys_group
 from .network import network_group
 from .simulate import simulate_command
 from .start import start_command
+from .task import task_group
 
 USAGE_EXIT = 2
 
@@ -44,6 +45,7 @@ cli.add_command(simulate_command)
 cli.add_command(network_group)
 cli.add_command(chain_group)
 cli.add_command(console_command)
+cli.add_command(task_group)
 cli.add_command(devnet_group)
 
 

@@ -20,6 +20,8 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   await, so a peer removed meanwhile raises KeyError, which stops the Pubsub service and then
   crashes the node on the next RPC read (seen on a loaded 14-node devnet). Replaced by a version
   that pops the entry.
+* **Signed peer records**: every gossipsub RPC carries the sender's signed peer record and every
+  receipt re-verifies it; an unchanged record is now verified once per peer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
+import libp2p.pubsub.utils as _pubsub_utils
 from libp2p.pubsub.rpc_queue import RpcQueue
 
 OUTBOUND_QUEUE_RPCS = 4096
@@ -76,6 +80,28 @@ async def _teardown_if_connected(self: Any, peer_id: Any) -> None:
     self._forget_all_subscriptions(peer_id)
 
 
+_verified_records: dict[Any, bytes] = {}
+_original_consume = _pubsub_utils.maybe_consume_signed_record
+
+
+def _consume_signed_record_once(msg: Any, host: Any, peer_id: Any = None) -> bool:
+    """py-libp2p attaches the sender's signed peer record to every gossipsub RPC and verifies
+    it (a secp256k1 signature check and a peer-store update) on every receipt; on a busy
+    devnet that was a tenth of each node's CPU. A record identical to the one last verified for
+    the same peer is accepted without checking it again (same bytes, same signature)."""
+    if not msg.HasField("senderRecord"):
+        return True
+    record = bytes(msg.senderRecord)
+    if peer_id is not None and _verified_records.get(peer_id) == record:
+        return True
+    ok = bool(_original_consume(msg, host, peer_id))
+    if ok and peer_id is not None:
+        if len(_verified_records) >= 4096:
+            _verified_records.clear()
+        _verified_records[peer_id] = record
+    return ok
+
+
 def apply() -> None:
     """Install the work-arounds (idempotent)."""
     global _applied
@@ -83,4 +109,6 @@ def apply() -> None:
         return
     _pubsub_module.RpcQueue = _DeepRpcQueue  # type: ignore[misc]
     _pubsub_module.Pubsub._teardown_if_connected = _teardown_if_connected  # type: ignore[method-assign]
+    _pubsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
+    _gossipsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _applied = True

@@ -110,7 +110,9 @@ class Timeouts:
             TimeoutKind.REBROADCAST: self.rebroadcast,
         }[kind]
         if kind is TimeoutKind.REBROADCAST:
-            return base
+            # Slower as rounds fail: re-sending every message of a stuck round every 2 s is
+            # what keeps a CPU-starved network starved.
+            return min(self.maximum, base + round_ * self.delta)
         if kind is TimeoutKind.CREDENTIALS:
             # Grows with the round too: on a loaded machine credentials arrive late, and a
             # member that proposes before a lower credential arrives costs the round again.
