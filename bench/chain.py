@@ -205,6 +205,9 @@ def main() -> None:
         "proposer_db_bytes": db_bytes,
         "db": "sqlite (proposer and replicas); raw py-evm in memory",
         "import_note": "import_tx_s: block object (senders recovered); import_bytes_tx_s: RLP bytes",
+        # Not plain py-evm any more: importing flnode.consensus.chain installs its accelerators
+        # process-wide, and the contract is the same (Venom-compiled) code.
+        "raw_note": "raw py-evm runs in this process, with flnode's accelerators and contract",
         # The machine is shared: a loaded CPU slows py-evm and the raw baseline alike.
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # start, end
         "targets": {"build_tx_s": TARGET_BUILD_TX_S, "import_tx_s": TARGET_IMPORT_TX_S},
