@@ -10,6 +10,8 @@ against the manufacturer's public-only model) in the devnet directory.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -297,6 +299,13 @@ async def _assemble(
         "evaluated_by": miner_record.get("miner"),
         "validation": (miner_record.get("rounds") or [{}])[-1].get("validation"),
         "duration_s": time.time() - started,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+            "torch_threads_per_training": 1,
+            "nodes": len(network.nodes),
+        },
+        "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
