@@ -218,14 +218,27 @@ def run_command(
     if not network_exists(directory):
         layout = layout_from_counts(miners=miners, devices=devices, edges=edges, manufacturers=1)
     network = prepare(directory, layout)
-    started = time.monotonic()
-    with _Progress(len(network.nodes)) as progress:
-        trio.run(lambda: up(network, timeout_s=300.0, progress=progress.update))
-    click.echo(
-        f"devnet up: {len(network.nodes)} nodes in {directory} "
-        f"({time.monotonic() - started:.1f} s)",
-        err=True,
-    )
+    from flnode.devnet.processes import is_alive, node_pid
+
+    running = [is_alive(node_pid(network, n.name), network.datadir(n.name)) for n in network.nodes]
+    if all(running):
+        click.echo(
+            f"using the running devnet in {directory} ({len(network.nodes)} nodes)", err=True
+        )
+    elif any(running):
+        raise click.ClickException(
+            f"some nodes of the devnet in {directory} are running and some are not; "
+            f"`flnode devnet status --dir {directory}` shows which (restart them, or `down` first)"
+        )
+    else:
+        started = time.monotonic()
+        with _Progress(len(network.nodes)) as progress:
+            trio.run(lambda: up(network, timeout_s=300.0, progress=progress.update))
+        click.echo(
+            f"devnet up: {len(network.nodes)} nodes in {directory} "
+            f"({time.monotonic() - started:.1f} s)",
+            err=True,
+        )
     with _TaskProgress() as follow:
         result = trio.run(
             lambda: run_task(network, spec_text, timeout_s=timeout, on_progress=follow.update)

@@ -35,6 +35,7 @@ from ..learning.federated import (
     TrainedUpdate,
     device_shard,
     network_config,
+    round_note,
 )
 from ..learning.ledger import PrivacyBudgetExceeded
 from ..learning.offload import HeadTrainingJob
@@ -204,6 +205,18 @@ class DeviceRole:
         model = await self.ctx.fetch(task.model, prefer=[*committee, task.owner], pin=True)
         fetch_s = time.perf_counter() - t_fetch
         learner = await self._learner(task)
+        note = round_note(task.round)
+        if any(e.kind == "dp-sgd" and e.note == note for e in learner.ledger.entries):
+            # This round's training was charged but its update never recorded: the device was
+            # stopped mid-round. The privacy cost stays spent; training again would charge it
+            # twice, so the round is skipped and the device joins the next one.
+            self.log.warning(
+                "round interrupted earlier; its privacy cost stays spent, skipping it",
+                task=task.id,
+                round=task.round,
+            )
+            self._note(task.id, task.round, {"interrupted": True})
+            return
         offload = None
         if self.offload is not None and learner.release is not None:
             offload = self._offload_for(task.id)

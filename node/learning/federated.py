@@ -307,7 +307,9 @@ class DeviceLearner:
             head_s = time.perf_counter() - t0
             weights.update(head)
         t0 = time.perf_counter()
-        trained = self.trainer.train_round(global_state, extractor_version=version)
+        trained = self.trainer.train_round(
+            global_state, extractor_version=version, note=round_note(round_)
+        )
         if self.cfg.mode == "dpsgd-full":
             weights = trained
         else:
@@ -350,6 +352,11 @@ class DeviceLearner:
             batch_size=self.cfg.batch_size,
             seed=self.seed * 1009 + round_,
         )
+
+
+def round_note(round_: int) -> str:
+    """The ledger note of a round's DP-SGD charge (how a restarted device knows it was charged)."""
+    return f"round {round_}"
 
 
 def cfg_classes(cfg: SimulationConfig) -> int:
@@ -496,5 +503,6 @@ __all__ = [
     "model_version",
     "network_config",
     "publish_model",
+    "round_note",
     "train_offloaded_head",
 ]
