@@ -80,7 +80,8 @@ def test_replace_changes_and_revalidates() -> None:
 
 def test_unknown_architecture_lists_the_known_ones() -> None:
     with pytest.raises(
-        ModelSpecError, match="unknown architecture 'resnet50'; known architectures: dp-cnn, split-cnn"
+        ModelSpecError,
+        match="unknown architecture 'resnet50'; known architectures: dp-cnn, split-cnn",
     ):
         ModelSpec.create("resnet50")
     with pytest.raises(ModelSpecError, match="known architectures"):
