@@ -76,6 +76,8 @@ class DeviceRole:
                     await self._step()
                 except FederationError as exc:
                     self.log.warning("training step failed; will retry", error=str(exc))
+                except Exception as exc:  # the device must outlive a bad step
+                    self.log.error("training step failed", error=repr(exc))
                 with trio.move_on_after(2.0):
                     await self._wake.wait()
 
@@ -224,7 +226,15 @@ class DeviceRole:
             update: TrainedUpdate = await run_low_priority(
                 lambda: learner.train_round(model, task.round, head_trainer=offload)
             )
-        except PrivacyBudgetExceeded as exc:
+        except Exception as exc:
+            if not isinstance(exc, PrivacyBudgetExceeded):
+                # Whatever failed may have charged the ledger already (a feature release, the
+                # round's DP-SGD): the round is given up rather than retried and charged again.
+                self.log.error(
+                    "training failed; skipping this round", task=task.id, error=repr(exc)
+                )
+                self._note(task.id, task.round, {"failed": repr(exc)[:300]})
+                return
             self._refused.add(task.id)
             self.log.error(
                 "refusing to train: privacy budget would be exceeded", task=task.id, detail=str(exc)

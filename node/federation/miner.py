@@ -86,6 +86,7 @@ class MinerRole:
         self._limiter = trio.CapacityLimiter(1)
         self._evaluated: set[tuple[int, int]] = set()
         self._locks: dict[int, trio.Lock] = {}
+        self._unusable: dict[int, str] = {}
         self.fault = ctx.config.federation.fault == "wrong-aggregate"
 
     # -- the consensus hooks ------------------------------------------------------------------
@@ -153,6 +154,8 @@ class MinerRole:
             task_id, round_, aggregate = int(args[0]), int(args[1]), Cid(bytes(args[2]))
             accepted = tuple(a.lower() for a in args[3])
             rejected = tuple(a.lower() for a in args[4])
+            if task_id in self._unusable:
+                continue  # nobody can judge it (its spec is unusable); the contract's rules hold
             if task_id not in self._views and not await self._is_member(task_id):
                 continue  # not our committee: its members judge it
             ok = await self._check_commit(
@@ -255,9 +258,15 @@ class MinerRole:
             self._nursery = nursery
             nursery.start_soon(self._clock)
             with heads:
-                await self.refresh_all()
+                await self._refresh_guarded()
                 async for _head in heads:
-                    await self.refresh_all()
+                    await self._refresh_guarded()
+
+    async def _refresh_guarded(self) -> None:
+        try:
+            await self.refresh_all()
+        except Exception as exc:  # the miner must outlive a bad step; the next head retries
+            self.log.error("following the ledger failed", error=repr(exc))
 
     async def _clock(self) -> None:
         """Deadlines pass between blocks: re-check open rounds every second."""
@@ -277,9 +286,18 @@ class MinerRole:
                     await self._committed(task.id)
                     self._rounds.pop(task.id, None)
                 continue
+            if task.id in self._unusable:
+                continue
             if task.id not in self._views and not await self._is_member(task.id):
                 continue
-            await self.refresh_task(task.id)
+            try:
+                await self.refresh_task(task.id)
+            except FederationError as exc:  # e.g. its spec cannot be fetched yet: try again later
+                self.log.warning("cannot follow task yet", task=task.id, error=str(exc))
+            except ValueError as exc:  # a spec that does not parse, or a mode the network lacks
+                self._unusable[task.id] = str(exc)
+                self._views.pop(task.id, None)
+                self.log.error("task cannot be judged; ignoring it", task=task.id, error=str(exc))
 
     async def refresh_task(self, task_id: int) -> None:
         async with self._locks.setdefault(task_id, trio.Lock()):
@@ -517,7 +535,8 @@ class MinerRole:
         )
 
     def status(self) -> dict[str, Any]:
-        return {
+        unusable = {str(t): {"unusable": why} for t, why in self._unusable.items()}
+        return unusable | {
             str(task_id): {
                 "round": state.round,
                 "fetched": sum(1 for v in state.fetched.values() if v is not None),

@@ -36,6 +36,7 @@ from ..errors import FLNodeError
 from .accountant import Charge, EpsDelta
 from .aggregation import (
     AggregationError,
+    TensorSpec,
     Update,
     UpdateValidationError,
     strategy_from_spec,
@@ -365,7 +366,10 @@ def cfg_classes(cfg: SimulationConfig) -> int:
 
 def check_head(spec: ModelSpec, head: Mapping[str, Tensor]) -> None:
     """An edge's answer must be exactly the head's tensors, finite."""
-    expected = spec.weight_specs("head")
+    expected = {
+        key: TensorSpec(tuple(shape), dtype)
+        for key, (shape, dtype) in spec.weight_specs("head").items()
+    }
     try:
         validate_update(head, expected, max_norm=None)
     except UpdateValidationError as exc:
