@@ -92,6 +92,20 @@ class FederationError(FLNodeError):
 
 
 @dataclass
+class FederationCounters:
+    """What the roles did since the node started (exported as Prometheus metrics)."""
+
+    train_s: float = 0.0
+    updates_submitted: int = 0
+    rounds_refused: int = 0
+    updates_accepted: int = 0
+    updates_rejected: int = 0
+    rounds_judged: int = 0
+    rounds_committed: int = 0
+    offload_jobs: int = 0
+
+
+@dataclass
 class FederationContext:
     config: NodeConfig
     datadir: DataDir
@@ -101,6 +115,7 @@ class FederationContext:
     blob_service: BlobStoreService
     bus: EventBus
     _specs: dict[str, LearningTaskSpec] = field(default_factory=dict)
+    counters: FederationCounters = field(default_factory=FederationCounters)
 
     def __post_init__(self) -> None:
         self.log = get_logger("flnode.federation", node=self.identity.peer_id[-8:])

@@ -236,6 +236,7 @@ class DeviceRole:
                 self._note(task.id, task.round, {"failed": repr(exc)[:300]})
                 return
             self._refused.add(task.id)
+            self.ctx.counters.rounds_refused += 1
             self.log.error(
                 "refusing to train: privacy budget would be exceeded", task=task.id, detail=str(exc)
             )
@@ -271,6 +272,8 @@ class DeviceRole:
         )
         timings["tx_hash"] = "0x" + tx.hex()
         self._note(task.id, task.round, {"tx_hash": timings["tx_hash"]})
+        self.ctx.counters.updates_submitted += 1
+        self.ctx.counters.train_s += update.train_s + update.head_s
         self.ctx.publish("update_submitted", task=task.id, round=task.round, **timings)
         self.log.info(
             "update submitted",

@@ -130,6 +130,8 @@ class EdgeRole:
             return b""
         self.served += 1
         self.train_s += elapsed
+        self.ctx.counters.offload_jobs += 1
+        self.ctx.counters.train_s += elapsed
         self.log.info(
             "offload job served",
             peer=peer,

@@ -434,6 +434,7 @@ class MinerRole:
                 weights = await trio.to_thread.run_sync(_perturb, cfg, weights)
             cid = await self.ctx.store(weights)
             state.decision = (view.key, decision, cid)
+            self.ctx.counters.rounds_judged += 1
             state.wanted_at = time.monotonic()
             self.log.info(
                 "round judged",
@@ -513,7 +514,10 @@ class MinerRole:
             accuracy=accuracy,
             loss=loss,
         )
+        self.ctx.counters.rounds_committed += 1
         if decision is not None and mine:
+            self.ctx.counters.updates_accepted += len(decision.accepted)
+            self.ctx.counters.updates_rejected += len(decision.rejected)
             for device in decision.accepted:
                 self.ctx.publish(
                     "update_accepted", task=state.task, round=state.round, device=device

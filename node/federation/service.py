@@ -10,11 +10,13 @@ node: the ledger's view of a task's rounds plus this node's own records) and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import trio
 from pydantic import Field
 
+from ..metrics import Sample
 from ..rpc import SERVER_ERROR, Params, RpcError, RpcMethod, StaticProvider
 from ..service import Service
 from . import ledgerview
@@ -76,6 +78,50 @@ class FederationService(Service):
                     nursery.start_soon(role.run)
             task_status.started()
             await trio.sleep_forever()
+
+    def metric_samples(self) -> Iterable[Sample]:
+        c = self.ctx.counters
+        yield Sample(
+            "flnode_training_seconds",
+            "counter",
+            "Seconds spent training (device and edge).",
+            c.train_s,
+        )
+        yield Sample(
+            "flnode_updates_submitted",
+            "counter",
+            "Updates this device submitted.",
+            c.updates_submitted,
+        )
+        yield Sample(
+            "flnode_rounds_refused",
+            "counter",
+            "Rounds refused by the privacy ledger.",
+            c.rounds_refused,
+        )
+        yield Sample(
+            "flnode_updates_judged",
+            "counter",
+            "Updates in rounds this miner judged and saw committed, by verdict.",
+            c.updates_accepted,
+            {"verdict": "accepted"},
+        )
+        yield Sample(
+            "flnode_updates_judged",
+            "counter",
+            "Updates in rounds this miner judged and saw committed, by verdict.",
+            c.updates_rejected,
+            {"verdict": "rejected"},
+        )
+        yield Sample(
+            "flnode_rounds_judged", "counter", "Rounds this miner judged.", c.rounds_judged
+        )
+        yield Sample(
+            "flnode_rounds_committed", "counter", "Rounds seen committed.", c.rounds_committed
+        )
+        yield Sample(
+            "flnode_offload_jobs", "counter", "Offload jobs this edge served.", c.offload_jobs
+        )
 
     def describe(self) -> dict[str, object]:
         return {

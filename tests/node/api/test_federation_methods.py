@@ -3,6 +3,8 @@ answers and their errors. Training itself runs in tests/node/federation (real pr
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def _node(tmp_path: Path, roles: list[str]) -> AsyncIterator[ApiClient]:
+    """A node with ``roles`` on its own dev chain; its data dir is ``tmp_path / "node"``."""
     me = init_datadir(tmp_path / "node").identity
     spec = new_network(
         network_id="fed-net",
@@ -80,9 +83,7 @@ async def test_roles_are_enforced(device: ApiClient) -> None:
 
 async def test_a_bad_spec_is_refused_naming_the_problem(manufacturer: ApiClient) -> None:
     assert "TOML" in await _error(manufacturer, "task_create", {"spec": "this is = = not toml"})
-    message = await _error(
-        manufacturer, "task_create", {"spec": '[privacy]\nmode = "frozen"\n'}
-    )
+    message = await _error(manufacturer, "task_create", {"spec": '[privacy]\nmode = "frozen"\n'})
     assert "flnode simulate" in message  # the frozen mode does not run on the network
     message = await _error(
         manufacturer,
@@ -104,3 +105,21 @@ async def test_the_training_events_are_declared(manufacturer: ApiClient) -> None
         "privacy_refused",
     ):
         assert topic in names, names
+
+
+async def test_training_metrics_are_exported(manufacturer: ApiClient, tmp_path: Path) -> None:
+    state = json.loads((tmp_path / "node" / "node.json").read_text())
+
+    def scrape() -> str:
+        with urllib.request.urlopen(state["metrics_url"], timeout=5) as response:
+            return response.read().decode()
+
+    text = await trio.to_thread.run_sync(scrape)
+    for line in (
+        "flnode_training_seconds_total 0.0",
+        'flnode_updates_judged_total{verdict="accepted"} 0.0',
+        'flnode_updates_judged_total{verdict="rejected"} 0.0',
+        "flnode_rounds_committed_total 0.0",
+        "flnode_offload_jobs_total 0.0",
+    ):
+        assert line in text, line
