@@ -162,7 +162,16 @@ async def _status_from_any_miner(network: Network, miners: list[str], task: int)
 async def _complete_miner_record(
     network: Network, miners: list[str], task: int, rounds: int
 ) -> dict[str, Any]:
-    """A miner's round records once it has evaluated every round (or the best one after 120 s)."""
+    """A miner's round records once it has evaluated every round (or the best one after 120 s).
+
+    The best record is the one with the most evaluated rounds that this miner also judged the
+    way the ledger committed them (``agreed_with_commit``): only those carry the accepted and
+    rejected devices, and a faulty miner's records do not."""
+
+    def score(record: dict[str, Any]) -> tuple[int, int]:
+        rows = [r for r in record.get("rounds", []) if r.get("accuracy") is not None]
+        return sum(1 for r in rows if r.get("agreed_with_commit")), len(rows)
+
     best: dict[str, Any] = {}
     with trio.move_on_after(120.0):
         while True:
@@ -174,12 +183,9 @@ async def _complete_miner_record(
                 except (RpcError, OSError, trio.TooSlowError):
                     continue
                 record = status.get("records", {}).get("miner", {})
-                done = [r for r in record.get("rounds", []) if r.get("accuracy") is not None]
-                if len(done) > len(
-                    [r for r in best.get("rounds", []) if r.get("accuracy") is not None]
-                ):
+                if score(record) > score(best):
                     best = {**record, "miner": name}
-                if len(done) >= rounds:
+                if score(best)[0] >= rounds:
                     return best
             await trio.sleep(_POLL_S)
     return best

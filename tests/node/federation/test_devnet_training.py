@@ -40,7 +40,7 @@ pretrain_epochs = 3
 [aggregation]
 rule = "three-sigma"
 [round]
-deadline_s = 45.0
+deadline_s = 90.0
 updates_per_round = 5
 min_updates = 2
 eval_size = 2000
