@@ -25,7 +25,7 @@ from libp2p.request_response import (
     RequestResponseConfig,
 )
 
-from ..learning.federated import check_head, network_config, train_offloaded_head
+from ..learning.federated import network_config, train_offloaded_head
 from ..learning.offload import HeadTrainingJob
 from ..learning.serialization import read_metadata, weights_from_bytes, weights_to_bytes
 from .context import FederationContext, FederationError, run_low_priority
@@ -36,7 +36,7 @@ MAX_HEAD_BYTES = 16 * 2**20
 OFFLOAD_TIMEOUT_S = 120.0
 
 
-def _config(ctx: FederationContext) -> RequestResponseConfig:
+def _config() -> RequestResponseConfig:
     return RequestResponseConfig(
         timeout=OFFLOAD_TIMEOUT_S,
         max_request_size=MAX_JOB_BYTES,
@@ -105,9 +105,7 @@ class EdgeRole:
         host = self.ctx.p2p.host
         if host is None:
             raise RuntimeError("the p2p service is not running")
-        RequestResponse(host).set_handler(
-            OFFLOAD_PROTOCOL, self._handle, BytesCodec(), _config(self.ctx)
-        )
+        RequestResponse(host).set_handler(OFFLOAD_PROTOCOL, self._handle, BytesCodec(), _config())
 
     async def _handle(self, request: bytes, context: RequestContext) -> bytes:
         peer = context.peer_id.to_base58()
@@ -175,7 +173,7 @@ class OffloadClient:
                 [OFFLOAD_PROTOCOL],
                 request,
                 BytesCodec(),
-                _config(self.ctx),
+                _config(),
             )
         except Exception as exc:
             self.failed += 1
@@ -184,8 +182,7 @@ class OffloadClient:
             self.failed += 1
             raise FederationError(f"edge {self.edge[-8:]} refused the job")
         head = weights_from_bytes(bytes(response))
-        check_head_keys = {k for k in head if not k.startswith("head.")}
-        if check_head_keys:
+        if any(not k.startswith("head.") for k in head):
             self.failed += 1
             raise FederationError("the edge answered with tensors that are not the head's")
         self.sent += 1
@@ -197,6 +194,3 @@ class OffloadClient:
             seconds=round(time.perf_counter() - t0, 3),
         )
         return head
-
-
-_ = check_head
