@@ -15,7 +15,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_origin
 
 import tomli_w
 from pydantic import (
@@ -28,6 +28,9 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .consensus.bft.service import ConsensusSettings
 
 CONFIG_FILE = "config.toml"
 ENV_PREFIX = "FLNODE_"
@@ -259,6 +262,137 @@ class FederationSection(_Section):
     )
 
 
+# The consensus' limits that bound settings below (flnode.consensus.bft.messages; importing it
+# here would load py-evm into every command that reads the config, so tests check they agree).
+_MAX_SYNC_BLOCKS = 64  # SyncRequest.count may not exceed it
+
+
+def _seconds(
+    default: float, description: str, *, gt: float | None = None, ge: float | None = None
+) -> Any:
+    return Field(default, gt=gt, ge=ge, allow_inf_nan=False, description=description)
+
+
+class ConsensusSection(_Section):
+    """[consensus]: the BFT consensus of the miner committee (nodes with a ledger).
+
+    The defaults are those of ``flnode.consensus.bft`` (``Timeouts`` and ``ConsensusSettings``),
+    written out here rather than imported because importing the consensus loads py-evm, which
+    every command that reads the config would then pay for; a test checks that they are equal.
+    ``timeout_<x>_s`` is ``Timeouts.<x>``; every other key has the name of its
+    ``ConsensusSettings`` field.
+    """
+
+    timeout_propose_s: float = _seconds(
+        3.0, "Wait for the round's proposal before prevoting nil, in round 0 (seconds).", gt=0
+    )
+    timeout_prevote_s: float = _seconds(
+        1.0, "Wait after 2f+1 prevotes of any kind before precommitting nil, in round 0.", gt=0
+    )
+    timeout_precommit_s: float = _seconds(
+        1.0, "Wait after 2f+1 precommits of any kind before the next round, in round 0.", gt=0
+    )
+    timeout_delta_s: float = _seconds(
+        0.5,
+        "Growth of every timeout per failed round (Tendermint's timeoutX(r) = base + r * delta), "
+        "so that a slow network eventually agrees.",
+        gt=0,
+    )
+    timeout_maximum_s: float = _seconds(
+        30.0, "Cap on every timeout however many rounds have failed.", gt=0
+    )
+    timeout_credentials_s: float = _seconds(
+        0.05,
+        "How long a member holding the lowest of 2f+1 credentials waits for a lower one before "
+        "proposing (grows per round like the others; 0 = propose at once).",
+        ge=0,
+    )
+    timeout_rebroadcast_s: float = _seconds(
+        2.0,
+        "While a height is undecided, re-send this node's messages of the current round this "
+        "often (grows per round like the others).",
+        gt=0,
+    )
+    max_block_txs: int = Field(
+        1000, ge=1, le=10_000, description="Most transactions a proposed block carries."
+    )
+    proposal_wait_s: float = _seconds(
+        0.2,
+        "A leader whose mempool is empty waits this long for transactions before proposing.",
+        ge=0,
+    )
+    max_block_interval_s: float = _seconds(
+        0.0,
+        "Start a height with nothing pending after this long, making an empty block (e.g. so "
+        "that time-based contract rules advance); 0 = never make empty blocks.",
+        ge=0,
+    )
+    tx_gossip_interval_s: float = _seconds(
+        0.05, "Seconds between gossip batches of the mempool's new transactions.", gt=0
+    )
+    sync_batch: int = Field(
+        32,
+        ge=1,
+        le=_MAX_SYNC_BLOCKS,
+        description=f"Certified blocks asked for per sync request (at most {_MAX_SYNC_BLOCKS}).",
+    )
+    sync_timeout_s: float = _seconds(
+        10.0, "Timeout of one sync or round-pull request to one peer.", gt=0
+    )
+    sync_interval_s: float = _seconds(
+        5.0,
+        "Sync with peers at least this often, as a fallback to the hints that trigger it.",
+        gt=0,
+    )
+    behind_grace_s: float = _seconds(
+        1.0,
+        "How long after seeing a later height's message a node still behind starts a sync.",
+        ge=0,
+    )
+    sync_peers: int = Field(
+        3,
+        ge=1,
+        le=10_000,
+        description="Peers asked per sync pass when they have nothing new (a pass stops at the "
+        "first that serves blocks).",
+    )
+    initial_sync_s: float = _seconds(
+        10.0,
+        "At start, catch up with the peers for at most this long before taking part (0 = skip).",
+        ge=0,
+    )
+
+    @model_validator(mode="after")
+    def _maximum_covers_the_bases(self) -> ConsensusSection:
+        for name in ("propose", "prevote", "precommit", "credentials", "rebroadcast"):
+            base = getattr(self, f"timeout_{name}_s")
+            if base > self.timeout_maximum_s:
+                raise ValueError(
+                    f"timeout_{name}_s = {base!r} exceeds timeout_maximum_s = "
+                    f"{self.timeout_maximum_s!r}, which caps every timeout"
+                )
+        return self
+
+    def settings(self) -> ConsensusSettings:
+        """The consensus service's settings (imports the consensus, so py-evm)."""
+        from dataclasses import fields
+
+        from .consensus.bft.core import Timeouts
+        from .consensus.bft.service import ConsensusSettings
+
+        timeouts = Timeouts(
+            **{f.name: getattr(self, f"timeout_{f.name}_s") for f in fields(Timeouts)}
+        )
+        return ConsensusSettings(
+            timeouts=timeouts,
+            **{
+                f.name: getattr(self, f.name)
+                for f in fields(ConsensusSettings)
+                if f.name != "timeouts"
+            },
+        )
+
+
 class NodeConfig(_Section):
     """The whole configuration of one node."""
 
@@ -270,6 +404,7 @@ class NodeConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     chain: ChainSection = ChainSection()
     federation: FederationSection = FederationSection()
+    consensus: ConsensusSection = ConsensusSection()
 
 
 def load_config(

@@ -73,7 +73,13 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
             FederationContext(config, datadir, identity, p2p, chain, blobs, bus)
         )
         consensus = consensus_service_for(
-            config, datadir, identity, p2p, chain, federation.consensus_hooks()
+            config,
+            datadir,
+            identity,
+            p2p,
+            chain,
+            # consensus_service_for hands these to ConsensusService as keyword arguments.
+            {**federation.consensus_hooks(), "settings": config.consensus.settings()},
         )
         ledger = [chain, *([consensus] if consensus is not None else []), federation]
         providers = list(federation.providers())
