@@ -4,7 +4,7 @@
 in), so this node-level module adapts the :class:`~flnode.p2p.service.P2PService` to
 :class:`~flnode.consensus.bft.abc.ConsensusNetworkAPI`:
 
-* two gossip message types, ``bft`` and ``txs``, each a signed envelope whose payload is the
+* three gossip message types, ``bft``, ``txs`` and ``blocks``, each a signed envelope whose payload is the
   CBOR array ``[data]`` around the consensus' own canonical RLP message (so the envelope layer
   authenticates the sender and bounds the size, and the consensus checks its own signatures);
 * block sync over libp2p request/response, protocol ``/flnode/sync/1.0.0`` (one request, one
@@ -27,7 +27,7 @@ from libp2p.request_response import (
     RequestResponseConfig,
 )
 
-from .consensus.bft.abc import BFT_TOPIC, TX_TOPIC, SyncHandler
+from .consensus.bft.abc import BFT_TOPIC, BLOCK_TOPIC, TX_TOPIC, SyncHandler
 from .consensus.bft.messages import MAX_MESSAGE_SIZE, MAX_SYNC_RESPONSE_SIZE
 from .p2p.messages import MessageRegistry, cbor_encode, check_bytes, construct, decode_fields
 
@@ -79,13 +79,23 @@ class TxGossip(_OpaqueGossip):
     """A batch of raw transactions on the ``txs`` topic."""
 
 
-_WRAPPERS: dict[str, type[BftGossip] | type[TxGossip]] = {BFT_TOPIC: BftGossip, TX_TOPIC: TxGossip}
+@dataclass(frozen=True, slots=True)
+class BlockGossip(_OpaqueGossip):
+    """A certified block announced by its proposer on the ``blocks`` topic."""
+
+
+_WRAPPERS: dict[str, type[_OpaqueGossip]] = {
+    BFT_TOPIC: BftGossip,
+    TX_TOPIC: TxGossip,
+    BLOCK_TOPIC: BlockGossip,
+}
 
 
 def register_consensus_messages(registry: MessageRegistry) -> None:
     """Add the consensus gossip types (before the P2P service starts)."""
     registry.register("bft", BftGossip, max_size=_GOSSIP_MAX)
     registry.register("txs", TxGossip, max_size=_GOSSIP_MAX)
+    registry.register("blocks", BlockGossip, max_size=_GOSSIP_MAX)
 
 
 class P2PConsensusNetwork:

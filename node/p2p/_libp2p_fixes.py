@@ -22,6 +22,12 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   that pops the entry.
 * **Signed peer records**: every gossipsub RPC carries the sender's signed peer record and every
   receipt re-verifies it; an unchanged record is now verified once per peer.
+* **A yamux WINDOW_UPDATE per read**: with ``PY_YAMUX_RELEASE_ON_READ`` unset, every read of a
+  yamux stream sends the peer a window update for the bytes read, and pubsub reads each RPC's
+  varint length prefix one byte at a time: two to four encrypted frames and syscalls went back
+  for every gossip message received. On a 14-process devnet that kept both cores busy whenever
+  blocks were being made, starved the event loops, and delayed gossip by minutes. Credit is now
+  released as go-yamux does it: in one update once half the window has been consumed.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.pubsub.utils as _pubsub_utils
+import libp2p.stream_muxer.yamux.yamux as _yamux_module
 from libp2p.pubsub.rpc_queue import RpcQueue
 
 OUTBOUND_QUEUE_RPCS = 4096
@@ -111,4 +118,10 @@ def apply() -> None:
     _pubsub_module.Pubsub._teardown_if_connected = _teardown_if_connected  # type: ignore[method-assign]
     _pubsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _gossipsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
+    _yamux_module._yamux_release_on_read = _release_on_half_window
     _applied = True
+
+
+def _release_on_half_window() -> bool:
+    """Replaces ``yamux._yamux_release_on_read``: no credit per read (see the docstring)."""
+    return False

@@ -2,7 +2,7 @@
 
 Layers do not import each other (DESIGN.md), so the consensus defines the small protocol it
 drives and the node (:mod:`flnode.consensus_net`) implements it over the P2P service: gossip of
-opaque byte messages on two topics, one request/response exchange for block sync, the list of
+opaque byte messages on three topics, one request/response exchange for block sync, the list of
 connected peers, and a way to charge a peer for a bad message. Tests can pass anything with the
 same methods (e.g. an in-memory network).
 """
@@ -16,6 +16,14 @@ BFT_TOPIC = "bft"
 """Credentials, proposals, votes and evidence (:mod:`.messages`)."""
 TX_TOPIC = "txs"
 """Transaction batches between mempools."""
+BLOCK_TOPIC = "blocks"
+"""Certified blocks, announced by their proposers, for the nodes outside the committee.
+
+Only committee members subscribe to :data:`BFT_TOPIC`: the credentials, proposals and votes of
+one height are a dozen messages or more, and every subscriber receives each of them from
+several mesh peers. A node that does not vote needs only the outcome, one
+:class:`~.messages.CertifiedBlock` per height (a lost one is fetched by block sync).
+"""
 
 SyncHandler = Callable[[bytes, str], Awaitable[bytes]]
 """Serves one block-sync request: (request bytes, requesting peer) → response bytes."""

@@ -21,8 +21,14 @@ Around it:
 * **Evidence**: equivocation evidence is gossiped by the core; a committee member submits it to
   the ledger contract's ``slash`` (once per offender, only while the offender still has stake).
 
+* **Block announcements**: the proposer of a decided block gossips it with its certificate on
+  the ``blocks`` topic. Only committee members subscribe to the ``bft`` topic (credentials,
+  proposals and votes: a dozen messages a height, each received from several mesh peers);
+  everyone else adopts announced blocks after verifying their certificates, and syncs when one
+  is missing.
+
 A node outside the committee (a device, say) runs the same service and follows the chain: it
-never signs, but it decides blocks from the gossiped proposals and precommits, and syncs.
+never signs, and it imports only certified blocks, announced or synced.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from ...service import Service
 from ..chain import Head
 from ..errors import BlockRejected, TransactionRejected
 from ..service import ChainService
-from .abc import BFT_TOPIC, TX_TOPIC, ConsensusNetworkAPI, ProposalSource
+from .abc import BFT_TOPIC, BLOCK_TOPIC, TX_TOPIC, ConsensusNetworkAPI, ProposalSource
 from .certificate import HeightContext, verify_certified_block
 from .chainlink import BlockValidator, ChainLink, inspect_block
 from .core import (
@@ -200,6 +206,7 @@ class ConsensusService(Service):
         self._events_send, self._events = trio.open_memory_channel[Event](4096)
         self._outbox_send, self._outbox = trio.open_memory_channel[tuple[str, bytes]](4096)
         self._nursery: trio.Nursery | None = None
+        self._bft_subscribed = False
         self._sync_wanted = trio.Event()
         self._seen_txs: OrderedDict[bytes, None] = OrderedDict()
         self._slashed: set[str] = set()
@@ -337,14 +344,14 @@ class ConsensusService(Service):
         )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            bft = await self.network.subscribe(BFT_TOPIC)
+            blocks = await self.network.subscribe(BLOCK_TOPIC)
             txs = await self.network.subscribe(TX_TOPIC)
             self.network.serve_sync(self._serve_sync)
             nursery.start_soon(self._publish_loop)
             nursery.start_soon(self._tx_in_loop, txs)
             await self._initial_sync()
             await self._start_height()
-            nursery.start_soon(self._bft_in_loop, bft)
+            nursery.start_soon(self._blocks_in_loop, blocks)
             nursery.start_soon(self._tx_out_loop)
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._event_loop)
@@ -374,14 +381,28 @@ class ConsensusService(Service):
     async def _start_height(self) -> None:
         assert self.core is not None
         ctx = await self._context()
-        has_work = await self.link.pending() > 0 or self._wants_block()
+        member = self.core.address in ctx.committee
+        if member and not self._bft_subscribed:
+            await self._subscribe_bft()
+        has_work = member and (await self.link.pending() > 0 or self._wants_block())
         self._height_started = time.monotonic()
         self._proposal_seen = None
         self.stats.height, self.stats.round = ctx.height, 0
         await self._apply(self.core.start_height(ctx, has_work=has_work))
 
-    async def _committed_block(self, certified: CertifiedBlock, seed: bytes, how: str) -> None:
-        """Record, import and announce a certified block, then start the next height."""
+    async def _subscribe_bft(self) -> None:
+        """Start receiving credentials, proposals and votes: from the first height at which this
+        node sits on the committee (a miner registered later subscribes when it joins)."""
+        assert self._nursery is not None
+        self._bft_subscribed = True
+        channel = await self.network.subscribe(BFT_TOPIC)
+        self._nursery.start_soon(self._bft_in_loop, channel)
+
+    async def _committed_block(
+        self, certified: CertifiedBlock, seed: bytes, how: str, *, announce: bool = False
+    ) -> None:
+        """Record and import a certified block, announce it if asked, then start the next
+        height."""
         try:
             head = await self.link.commit(certified, seed)
         except BlockRejected as exc:
@@ -392,6 +413,11 @@ class ConsensusService(Service):
             return
         self.head, self._seed = head, seed
         self._last_commit = time.monotonic()
+        if announce:
+            try:
+                self._outbox_send.send_nowait((BLOCK_TOPIC, encode_message(certified)))
+            except trio.WouldBlock:
+                log.warning("consensus outbox full, block announcement dropped")
         if self._parked:
             await self.chain.run_sync(self._retry_parked)
         self.stats.txs_committed += head.tx_count
@@ -435,7 +461,10 @@ class ConsensusService(Service):
             elif isinstance(action, Decide):
                 assert isinstance(action.certificate, CommitCertificate)
                 await self._committed_block(
-                    CertifiedBlock(action.block, action.certificate), action.next_seed, "decided"
+                    CertifiedBlock(action.block, action.certificate),
+                    action.next_seed,
+                    "decided",
+                    announce=action.info.coinbase.lower() == self.core.address.lower(),
                 )
             elif isinstance(action, NeedBlock):
                 self._sync_wanted.set()
@@ -582,6 +611,30 @@ class ConsensusService(Service):
 
             await self._post(handle)
 
+    async def _blocks_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
+        """Adopt announced blocks that extend our head (after checking their certificates)."""
+        assert self._nursery is not None
+        async for data, peer in channel:
+            try:
+                message = decode_message(data)
+            except InvalidConsensusMessage as exc:
+                self._charge(peer, exc.reason, exc.detail)
+                continue
+            if not isinstance(message, CertifiedBlock):
+                self._charge(peer, "wrong-topic", type(message).__name__)
+                continue
+            head = self.head
+            if head is None or message.height <= head.number:
+                continue  # decided or synced already (the usual case for committee members)
+            if message.height > head.number + 1:
+                self._nursery.start_soon(self._maybe_behind, message.height)
+                continue
+
+            async def adopt(certified: CertifiedBlock = message, peer: str = peer) -> None:
+                await self._adopt((certified,), peer, how="announced")
+
+            await self._post(adopt)
+
     async def _tx_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
         async for data, peer in channel:
             try:
@@ -687,7 +740,7 @@ class ConsensusService(Service):
             interval = self.settings.max_block_interval_s
             if interval > 0 and time.monotonic() - self._last_commit > interval:
                 wake = True
-            if wake and not core.started and not core.decided:
+            if wake and core.is_member and not core.started and not core.decided:
 
                 async def work() -> None:
                     await self._apply(core.on_work())
@@ -836,8 +889,11 @@ class ConsensusService(Service):
         await done.wait()
         return result[0] if result else 0
 
-    async def _adopt(self, blocks: tuple[CertifiedBlock, ...], peer: str) -> int:
-        """Verify and commit synced blocks that extend our head; how many were adopted."""
+    async def _adopt(
+        self, blocks: tuple[CertifiedBlock, ...], peer: str, *, how: str = "synced"
+    ) -> int:
+        """Verify and commit synced (or announced) blocks that extend our head; how many were
+        adopted."""
         count = 0
         for certified in blocks:
             assert self.head is not None
@@ -856,7 +912,7 @@ class ConsensusService(Service):
                 self._charge(peer, exc.reason, exc.detail)
                 break
             before = self.head.number
-            await self._committed_block(certified, seed, "synced")
+            await self._committed_block(certified, seed, how)
             if self.head.number == before:
                 break
             count += 1
