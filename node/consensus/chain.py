@@ -27,13 +27,14 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import rlp
 from eth._utils.rlp import validate_imported_block_unchanged
 from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI, WithdrawalAPI
-from eth.db.backends.base import BaseAtomicDB
+from eth.db.backends.base import BaseAtomicDB, BaseDB
 from eth.exceptions import (
     BlockNotFound,
     CanonicalHeadNotFound,
@@ -41,6 +42,7 @@ from eth.exceptions import (
     TransactionNotFound,
 )
 from eth.vm.forks import PragueVM
+from eth.vm.forks.cancun.state import get_total_blob_gas
 from eth.vm.forks.prague.constants import (
     DEPOSIT_CONTRACT_ADDRESS,
     DEPOSIT_EVENT_SIGNATURE_HASH,
@@ -48,6 +50,7 @@ from eth.vm.forks.prague.constants import (
 )
 from eth.vm.spoof import SpoofTransaction
 from eth_bloom import BloomFilter
+from eth_hash.auto import keccak
 from eth_keys import keys
 from eth_utils import ValidationError, to_bytes, to_canonical_address, to_checksum_address
 
@@ -61,6 +64,7 @@ DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei tip
 CALL_GAS = 50_000_000
 # 30 M gas of calldata at 16 gas per byte is under 2 MB; anything much larger is hostile.
 MAX_BLOCK_SIZE = 4 * 2**20
+_CACHE_NODES = True  # py-evm reads the DB through a ContentCacheDB (off: for comparisons)
 _MAX_BUILT = 8  # built, not yet imported blocks kept for a cheap import of one of them
 
 
@@ -266,7 +270,8 @@ def _install_shallow_serializable_copy() -> None:
     copies each time it copies a block (four times per block) and a dozen field copies per
     header or account update.
     """
-    from rlp.sedes.serializable import Serializable, merge_args_to_kwargs
+    import rlp.sedes.serializable as serializable
+    from rlp.sedes.serializable import Serializable
 
     original = Serializable.copy
     if getattr(original, "_flnode_shallow", False):
@@ -276,11 +281,134 @@ def _install_shallow_serializable_copy() -> None:
         names = self._meta.field_names
         keep = set(names).difference(kwargs.keys()).difference(names[: len(args)])
         unchanged = {key: value for key, value in zip(names, self, strict=True) if key in keep}
-        return type(self)(**merge_args_to_kwargs(args, {**unchanged, **kwargs}, names))
+        merged = serializable.merge_args_to_kwargs(args, {**unchanged, **kwargs}, names)
+        return type(self)(**merged)
 
     copy._flnode_shallow = True  # type: ignore[attr-defined]
     REPLACED["Serializable.copy"] = original
     Serializable.copy = copy  # type: ignore[method-assign]
+
+
+def _serializable_arg_mergers(
+    merge_kwargs_to_args: Callable[..., tuple[Any, ...]],
+    merge_args_to_kwargs: Callable[..., dict[str, Any]],
+) -> tuple[Callable[..., tuple[Any, ...]], Callable[..., dict[str, Any]]]:
+    """rlp's ``merge_kwargs_to_args`` and ``merge_args_to_kwargs`` (every Serializable built
+    with keywords goes through one: py-evm copies the block header twice per transaction) with
+    their argument check done once per field list and argument count instead of with a Counter
+    and four sets per call. What the check would refuse (or a list of names that is not a tuple)
+    goes to the original, which raises its own error."""
+    expected_keys: dict[tuple[tuple[str, ...], int], frozenset[str] | None] = {}
+
+    def expected(names: Any, n_args: int) -> frozenset[str] | None:
+        if type(names) is not tuple:
+            return None
+        key = (names, n_args)
+        try:
+            return expected_keys[key]
+        except KeyError:
+            pass
+        keys = frozenset(names[n_args:]) if len(set(names)) == len(names) else None
+        expected_keys[key] = keys
+        return keys
+
+    def fast_kwargs_to_args(
+        args: Sequence[Any], kwargs: dict[str, Any], arg_names: Any, allow_missing: bool = False
+    ) -> tuple[Any, ...]:
+        if not allow_missing:
+            keys = expected(arg_names, len(args))
+            if keys is not None and kwargs.keys() == keys:
+                return (*args, *[kwargs[name] for name in arg_names[len(args) :]])
+        return merge_kwargs_to_args(args, kwargs, arg_names, allow_missing)
+
+    def fast_args_to_kwargs(
+        args: Sequence[Any], kwargs: dict[str, Any], arg_names: Any, allow_missing: bool = False
+    ) -> dict[str, Any]:
+        if not allow_missing:
+            keys = expected(arg_names, len(args))
+            if keys is not None and kwargs.keys() == keys:
+                merged = dict(kwargs)
+                merged.update(zip(arg_names, args, strict=False))
+                return merged
+        return merge_args_to_kwargs(args, kwargs, arg_names, allow_missing)
+
+    return fast_kwargs_to_args, fast_args_to_kwargs
+
+
+def _install_serializable_arg_mergers() -> None:
+    import rlp.sedes.serializable as serializable
+
+    if getattr(serializable.merge_kwargs_to_args, "_flnode_fast", False):
+        return
+    originals = (serializable.merge_kwargs_to_args, serializable.merge_args_to_kwargs)
+    fast = _serializable_arg_mergers(*originals)
+    names = ("a", "b", "c")
+    calls: list[tuple[Any, ...]] = [
+        ((), {"a": 1, "b": [2], "c": 3}, names),
+        ((1,), {"b": 2, "c": 3}, names),
+        ((1, 2, 3), {}, names),
+        ((1, 2, 3, 4), {}, names),
+        ((), {"c": 3, "a": 1, "b": 2}, names),
+        ((1,), {"a": 1, "b": 2, "c": 3}, names),  # duplicate
+        ((), {"a": 1, "b": 2}, names),  # missing
+        ((), {"a": 1, "b": 2, "c": 3, "d": 4}, names),  # unknown
+        ((), {"a": 1}, ("a", "a")),  # duplicate names
+        ((), {"a": 1, "b": 2}, ["a", "b"]),
+    ]
+
+    def outcome(function: Callable[..., Any], call: tuple[Any, ...]) -> Any:
+        try:
+            result = function(*call)
+        except TypeError as exc:
+            return ("raised", str(exc))
+        return (type(result), result, list(result))
+
+    for new, old in zip(fast, originals, strict=True):
+        if any(outcome(new, call) != outcome(old, call) for call in calls):
+            return
+    for new, old in zip(fast, originals, strict=True):
+        new._flnode_fast = True  # type: ignore[attr-defined]
+        REPLACED[old.__name__] = old
+        setattr(serializable, old.__name__, new)
+
+
+def _install_shared_jump_analysis() -> None:
+    """py-evm's ``CodeStream`` with the valid/invalid jump destinations it works out shared by
+    every execution of the same code, instead of worked out again for each transaction (by
+    looking up to 32 bytes back for a PUSH at each jump). Which positions are valid depends on
+    the code alone."""
+    import eth.vm.computation
+    from eth.vm.code_stream import CodeStream
+
+    if getattr(eth.vm.computation.CodeStream, "_flnode_shared", False):
+        return
+    analyses: dict[bytes, tuple[set[int], set[int]]] = {}
+
+    class SharedAnalysisCodeStream(CodeStream):
+        __slots__ = ()
+        _flnode_shared = True
+
+        def __init__(self, code_bytes: bytes) -> None:
+            super().__init__(code_bytes)
+            if type(code_bytes) is not bytes:
+                return
+            try:
+                self.invalid_positions, self.valid_positions = analyses[code_bytes]
+            except KeyError:
+                if len(analyses) >= 64:
+                    del analyses[next(iter(analyses))]
+                analyses[code_bytes] = (self.invalid_positions, self.valid_positions)
+
+    # PUSH data that looks like JUMPDEST, PUSH32 near the end, PUSHes in PUSH data
+    code = bytes.fromhex("5b6001600a5b5b7f" + "5b" * 32 + "5b60025b615b5b5b" + "7f5b5b")
+    for _ in range(2):  # the second time with the analysis of the first
+        new, old = SharedAnalysisCodeStream(code), CodeStream(code)
+        order = [*range(len(code) + 3), *reversed(range(len(code)))]
+        if [new.is_valid_opcode(i) for i in order] != [old.is_valid_opcode(i) for i in order]:
+            return
+    analyses.clear()
+    REPLACED["CodeStream"] = CodeStream
+    eth.vm.computation.CodeStream = SharedAnalysisCodeStream  # type: ignore[misc]
 
 
 def _ordered_trie_builder(
@@ -364,6 +492,8 @@ def _install_accelerators() -> None:
     _install_nibbles()
     _install_rlp_encoder()
     _install_shallow_serializable_copy()
+    _install_serializable_arg_mergers()
+    _install_shared_jump_analysis()
 
     original = eth_hash.auto.keccak
     fast = _fast_keccak()
@@ -392,6 +522,99 @@ def _install_accelerators() -> None:
 
 
 _install_accelerators()
+
+
+class _BatchRecorder(BaseDB):
+    """A write batch of :class:`ContentCacheDB`, noting what it writes (for the cache)."""
+
+    def __init__(self, batch: Any, written: dict[bytes, bytes], evict: Callable[[bytes], None]):
+        self._batch = batch
+        self._written = written
+        self._evict = evict
+
+    def __getitem__(self, key: bytes) -> bytes:
+        return self._batch[key]  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._batch[key] = value
+        if len(key) == 32:
+            self._written[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        self._evict(key)
+        self._written.pop(key, None)
+        del self._batch[key]
+
+    def _exists(self, key: bytes) -> bool:
+        return key in self._batch
+
+
+class ContentCacheDB(BaseAtomicDB):
+    """A chain database that keeps the content-addressed values (``key == keccak256(value)``:
+    trie nodes, contract code, headers) it has read or committed in memory.
+
+    py-evm opens a new state on every block and reads every trie node it needs from the
+    database again, some 2,000 reads of SQLite per block of 100 contract calls. A value whose key
+    is its own hash cannot change, and py-evm never deletes state nodes (its tries only prune in
+    memory), so a cached one stays right; the cache only ever holds values the database holds
+    (read from it, or written in a batch that committed), each checked against its hash, and a
+    delete through this object evicts. Everything else is read from and written to ``db``.
+    """
+
+    def __init__(self, db: BaseAtomicDB, *, max_entries: int = 100_000) -> None:
+        self.db = db
+        self._cache: dict[bytes, bytes] = {}
+        self._max = max_entries
+        self._pending: list[dict[bytes, bytes]] = []  # one per open (nested) batch
+
+    def _remember(self, key: bytes, value: bytes) -> None:
+        cache = self._cache
+        if len(cache) >= self._max:  # drop the oldest quarter
+            for old in list(itertools.islice(cache, self._max // 4)):
+                del cache[old]
+        cache[key] = value
+
+    def __getitem__(self, key: bytes) -> bytes:
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        value = self.db[key]
+        if len(key) == 32 and type(value) is bytes and keccak(value) == key:
+            self._remember(key, value)
+        return value
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._cache.pop(key, None)
+        self.db[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        self._evict(key)
+        del self.db[key]
+
+    def _evict(self, key: bytes) -> None:
+        self._cache.pop(key, None)
+
+    def _exists(self, key: bytes) -> bool:
+        return key in self._cache or key in self.db
+
+    @contextmanager
+    def atomic_batch(self) -> Iterator[Any]:
+        written: dict[bytes, bytes] = {}
+        self._pending.append(written)
+        try:
+            with self.db.atomic_batch() as batch:
+                yield _BatchRecorder(batch, written, self._evict)
+        except BaseException:
+            self._pending.pop()
+            raise
+        self._pending.pop()
+        if self._pending:  # nested: committed only when the outer batch is
+            self._pending[-1].update(written)
+            return
+        for key, value in written.items():
+            if type(value) is bytes and keccak(value) == key:
+                self._remember(key, value)
 
 
 def as_address(value: str | bytes) -> bytes:
@@ -519,6 +742,15 @@ class LedgerVM(PragueVM):
         self._made_receipts = (block.header.receipt_root, tuple(receipts))
         return block
 
+    def increment_blob_gas_used(
+        self, old_header: BlockHeaderAPI, transaction: Any
+    ) -> BlockHeaderAPI:
+        # CancunVM copies the header after every transaction to add its blob gas; a transaction
+        # without blobs adds 0, and the header it would copy is immutable: keep it.
+        if get_total_blob_gas(transaction) == 0:
+            return old_header
+        return super().increment_blob_gas_used(old_header, transaction)
+
     def process_deposit_request_data(self, block: BlockAPI) -> None:
         made = self._made_receipts
         if made is not None and made[0] == block.header.receipt_root:
@@ -567,6 +799,8 @@ class Chain:
         genesis_hash = (
             bytes.fromhex(spec.genesis_hash.removeprefix("0x")) if spec.genesis_hash else None
         )
+        # py-evm reads through the node cache; self.db stays the database itself.
+        db = ContentCacheDB(db) if _CACHE_NODES else db
         try:
             stored = cls.get_chaindb_class()(db).get_canonical_block_hash(0)
         except (HeaderNotFound, CanonicalHeadNotFound, KeyError):

@@ -1,0 +1,136 @@
+"""The node cache under py-evm and the import-path accelerators return what the originals do."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from eth.db.atomic import AtomicDB
+from eth_hash.auto import keccak
+
+from flnode.consensus import chain
+from flnode.consensus.network import NetworkSpec
+from flnode.storage.chaindb import SqliteAtomicDB
+
+from .conftest import Cast
+from .test_chain import _fill
+
+
+def _node(n: int) -> tuple[bytes, bytes]:
+    value = b"node-%d" % n * 5
+    return keccak(value), value
+
+
+def test_cache_keeps_only_content_addressed_values_the_database_holds(tmp_path: Path) -> None:
+    raw = SqliteAtomicDB(tmp_path / "c.sqlite")
+    db = chain.ContentCacheDB(raw)
+    key, value = _node(1)
+    other = b"\x07" * 32  # a 32-byte key whose value is not its preimage
+    raw[key] = value
+    raw[other] = b"not the preimage"
+    assert db[key] == value and db[other] == b"not the preimage"
+    assert key in db._cache and other not in db._cache
+    raw[other] = b"changed"
+    assert db[other] == b"changed"
+
+    del db[key]  # a delete through the cache evicts
+    assert key not in db and key not in db._cache
+    with pytest.raises(KeyError):
+        db[key]
+
+    written, value2 = _node(2)
+    with pytest.raises(RuntimeError), db.atomic_batch() as batch:
+        batch[written] = value2
+        raise RuntimeError("rolled back")
+    assert written not in db._cache and written not in db
+
+    nested_kept, v3 = _node(3)
+    nested_dropped, v4 = _node(4)
+    with db.atomic_batch() as outer:
+        outer[nested_kept] = v3
+        with db.atomic_batch() as inner:
+            inner[written] = value2
+        with pytest.raises(RuntimeError), db.atomic_batch() as inner:
+            inner[nested_dropped] = v4
+            raise RuntimeError("inner rolled back")
+        assert written not in db._cache  # not committed yet
+    assert db._cache[nested_kept] == v3 and db._cache[written] == value2
+    assert nested_dropped not in db._cache and nested_dropped not in raw
+    assert raw[nested_kept] == v3 and raw[written] == value2
+
+    with db.atomic_batch() as batch:
+        batch[key] = value
+        del batch[key]
+    assert key not in db._cache and key not in raw
+
+
+def test_cache_is_bounded() -> None:
+    db = chain.ContentCacheDB(AtomicDB(), max_entries=40)
+    for n in range(200):
+        key, value = _node(n)
+        db[key] = value
+        assert db[key] == value
+    assert len(db._cache) <= 40
+    assert all(db[_node(n)[0]] == _node(n)[1] for n in range(200))
+
+
+def test_chain_on_the_cache_matches_one_without(
+    spec: NetworkSpec, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = chain.Chain(spec, SqliteAtomicDB(tmp_path / "cached.sqlite"))
+    monkeypatch.setattr(chain, "_CACHE_NODES", False)
+    plain = chain.Chain(spec, SqliteAtomicDB(tmp_path / "plain.sqlite"))
+    assert isinstance(cached._chain.chaindb.db, chain.ContentCacheDB)
+    assert not isinstance(plain._chain.chaindb.db, chain.ContentCacheDB)
+    blocks = _fill(cached, cast, 4, 12)
+    for raw in blocks:
+        plain.import_block(raw)
+    assert plain.head() == cached.head()
+    reopened = chain.Chain(spec, SqliteAtomicDB(tmp_path / "cached.sqlite"))
+    assert reopened.head() == cached.head() and reopened.verify_state()
+
+
+def test_serializable_argument_merging_matches_the_original() -> None:
+    import rlp.sedes.serializable as serializable
+
+    rng = random.Random(17)
+    names = ("a", "b", "c", "d")
+    for _ in range(2_000):
+        n_args = rng.randrange(0, 6)
+        args = tuple(range(n_args))
+        kwargs = {k: k for k in rng.sample([*names, "x"], rng.randrange(0, 5))}
+        arg_names = rng.choice([names, ("a", "b", "a"), ["a", "b", "c", "d"]])
+        for name in ("merge_kwargs_to_args", "merge_args_to_kwargs"):
+            outcomes = []
+            for function in (getattr(serializable, name), chain.REPLACED[name]):
+                try:
+                    outcomes.append(function(args, dict(kwargs), arg_names))
+                except (TypeError, KeyError) as exc:
+                    outcomes.append((type(exc), str(exc)))
+            assert outcomes[0] == outcomes[1]
+            assert type(outcomes[0]) is type(outcomes[1])
+            if isinstance(outcomes[0], dict):
+                assert list(outcomes[0]) == list(outcomes[1])  # same key order
+
+
+def test_jump_analysis_shared_per_code_matches_the_original() -> None:
+    import eth.vm.computation
+
+    shared = eth.vm.computation.CodeStream
+    original = chain.REPLACED["CodeStream"]
+    rng = random.Random(19)
+    # bytes biased to PUSHn and JUMPDEST, so PUSH data often hides a 0x5b
+    alphabet = [0x5B] * 8 + list(range(0x60, 0x80)) + [0x00, 0x56, 0x57]
+    for _ in range(100):
+        code = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 200)))
+        for _ in range(3):  # later streams reuse what earlier ones worked out
+            fresh, reused = original(code), shared(code)
+            positions = [rng.randrange(len(code) + 40) for _ in range(60)]
+            assert [reused.is_valid_opcode(p) for p in positions] == [
+                fresh.is_valid_opcode(p) for p in positions
+            ]
+
+
+def test_import_path_accelerators_are_installed() -> None:
+    assert {"merge_kwargs_to_args", "merge_args_to_kwargs", "CodeStream"} <= set(chain.REPLACED)
