@@ -273,6 +273,14 @@ async def _assemble(
                     "aggregation": r.get("aggregate_s"),
                     "consensus": r.get("consensus_s"),
                 },
+                "critical_path": critical_path(
+                    r,
+                    {
+                        d: rounds_[str(rnd)]
+                        for d, rounds_ in device_rounds.items()
+                        if str(rnd) in rounds_
+                    },
+                ),
             }
         )
     finals = {n["final_model"] for n in nodes.values() if n.get("final_model")}
@@ -313,6 +321,60 @@ async def _assemble(
         },
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def critical_path(
+    miner_round: dict[str, Any], device_rounds: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """One round's wall time split along its critical path: the device that submitted last.
+
+    All moments are wall-clock times taken on one machine (a devnet), so they compare:
+
+    * ``round_s``: from the miner seeing the round open to it seeing the round's commit;
+    * ``train_s``: the last submitter's training (DP-SGD); ``overhead_s`` = the rest, split into
+    * ``start_s``: round open → that device starts training (notice the round, fetch the model,
+      set up the learner on its first round);
+    * ``store_s``: its training's end → its ``submitUpdate`` sent (store the update, check that
+      the round is still open);
+    * ``inclusion_s``: sent → the miner sees the round closable (gossip, a block, its import);
+    * ``transfer_s``: → every update fetched (usually fetched while others still trained);
+    * ``aggregation_s``: → the miner's verification and robust aggregation done;
+    * ``consensus_s``: → the commit seen (proposal, votes, import of the commit block).
+
+    ``None`` when the records lack the moments (an older node, or a round nobody submitted to).
+    """
+    keys = ("seen_open_at", "closable_at", "judged_at", "commit_seen_at")
+    if any(miner_round.get(k) is None for k in keys):
+        return None
+    submitted = [
+        r
+        for r in device_rounds.values()
+        if r.get("submitted_at") is not None and r.get("training_started_at") is not None
+    ]
+    if not submitted:
+        return None
+    last = max(submitted, key=lambda r: float(r["submitted_at"]))
+    opened = float(miner_round["seen_open_at"])
+    closable = float(miner_round["closable_at"])
+    fetched = float(miner_round.get("fetched_at") or closable)
+    judged = float(miner_round["judged_at"])
+    committed = float(miner_round["commit_seen_at"])
+    train_s = float(last["train_s"]) + float(last.get("head_s") or 0.0)
+    trained = float(last["training_started_at"]) + train_s
+    round_s = committed - opened
+    return {
+        "round_s": round_s,
+        "train_s": train_s,
+        "overhead_s": round_s - train_s,
+        "start_s": float(last["training_started_at"]) - opened,
+        "store_s": float(last["submitted_at"]) - trained,
+        "inclusion_s": closable - float(last["submitted_at"]),
+        "transfer_s": max(0.0, fetched - closable),
+        "aggregation_s": judged - max(fetched, closable),
+        "consensus_s": committed - judged,
+        "max_train_s": max(float(r["train_s"]) for r in submitted),
+        "devices": len(submitted),
     }
 
 

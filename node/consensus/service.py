@@ -202,6 +202,11 @@ class ChainService(Service, LedgerAPI):
         built = await self.build_block()
         return await self.import_block(built.block)
 
+    @property
+    def latest_head(self) -> Head | None:
+        """The last head announced to block subscribers (no trip to the chain's thread)."""
+        return self._head
+
     def subscribe_blocks(self, buffer: int = 64) -> trio.MemoryReceiveChannel[Head]:
         send, receive = trio.open_memory_channel[Head](buffer)
         self._subscribers.append(send)

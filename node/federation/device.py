@@ -199,6 +199,7 @@ class DeviceRole:
         return learner
 
     async def _train_and_submit(self, task: TaskInfo) -> None:
+        started_at = time.time()
         t_fetch = time.perf_counter()
         # The committee computed (and holds) every aggregate; the owner holds the first model.
         committee = await self.ctx.chain.run_sync(
@@ -222,6 +223,7 @@ class DeviceRole:
         offload = None
         if self.offload is not None and learner.release is not None:
             offload = self._offload_for(task.id)
+        trained_from = time.time()
         try:
             update: TrainedUpdate = await run_low_priority(
                 lambda: learner.train_round(model, task.round, head_trainer=offload)
@@ -263,6 +265,8 @@ class DeviceRole:
             "head_s": update.head_s,
             "offloaded": update.offloaded,
             "epsilon_spent": update.epsilon_spent,
+            "started_at": started_at,
+            "training_started_at": trained_from,
             "submitted_at": time.time(),
         }
         # Recorded before it is sent: a device killed in between resubmits, never retrains.

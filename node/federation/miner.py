@@ -72,6 +72,12 @@ class _Round:
     judging: bool = False
     wanted_at: float | None = None
     changed: trio.Event = field(default_factory=trio.Event)
+    # Wall-clock moments of the round as this miner saw them (for the round report/benchmark).
+    seen_open_at: float = field(default_factory=time.time)
+    closable_at: float | None = None
+    fetched_at: float | None = None
+    judged_at: float | None = None
+    commit_seen_at: float | None = None
 
 
 class MinerRole:
@@ -92,7 +98,12 @@ class MinerRole:
     # -- the consensus hooks ------------------------------------------------------------------
 
     def wants_block(self) -> bool:
-        return any(self._ready(view) for view in self._views.values())
+        # Only a view of the current head counts: right after a round's commit the old view
+        # still looks ready until the next refresh, and would ask for an empty block.
+        head = self.ctx.chain.latest_head
+        return head is not None and any(
+            self._ready(view) and view.head_number == head.number for view in self._views.values()
+        )
 
     async def transactions(self, head_number: int) -> list[bytes]:
         out = []
@@ -399,8 +410,12 @@ class MinerRole:
             return
         if not view.closable(time.time(), state.spec.round.deadline_s):
             return
+        if state.closable_at is None:
+            state.closable_at = time.time()
         if any(str(s.cid) not in state.fetched for s in view.submissions):
             return
+        if state.fetched_at is None:
+            state.fetched_at = time.time()
         if not self.ctx.blobs.has(state.model):
             return
         state.judging = True
@@ -434,6 +449,7 @@ class MinerRole:
                 weights = await trio.to_thread.run_sync(_perturb, cfg, weights)
             cid = await self.ctx.store(weights)
             state.decision = (view.key, decision, cid)
+            state.judged_at = time.time()
             self.ctx.counters.rounds_judged += 1
             state.wanted_at = time.monotonic()
             self.log.info(
@@ -457,6 +473,7 @@ class MinerRole:
         state = self._rounds.get(task_id)
         if state is None or (task_id, state.round) in self._evaluated:
             return
+        state.commit_seen_at = time.time()
         self._evaluated.add((task_id, state.round))
         self._start(self._record_round, state)
 
@@ -498,6 +515,11 @@ class MinerRole:
                 "fetch_s": max(state.fetch_s.values(), default=0.0),
                 "aggregate_s": decision.aggregate_s if decision else None,
                 "consensus_s": consensus_s,
+                "seen_open_at": state.seen_open_at,
+                "closable_at": state.closable_at,
+                "fetched_at": state.fetched_at,
+                "judged_at": state.judged_at,
+                "commit_seen_at": state.commit_seen_at,
                 "agreed_with_commit": mine,
                 "validation": f"{state.spec.data.dataset} test split, first "
                 f"{state.spec.round.eval_size} images",

@@ -270,6 +270,10 @@ class P2PService(Service):
             max_messages_per_topic_per_second=1000.0,  # default 10 drops bursts (P5)
             # Every peer of a devnet shares 127.0.0.1; IP-diversity pruning would starve meshes.
             eclipse_protection_enabled=False,
+            # A message is also queued for every connected peer not (yet) subscribed to its
+            # topic, in case a subscription is in flight; with committee-only topics that is
+            # most peers, so keep those queues for seconds, not the default 30 s.
+            pending_messages_ttl=3.0,
         )
         max_rpc = self.registry.max_size + 4096
         pubsub = Pubsub(host, gossipsub, max_inbound_rpc_size=max(max_rpc, 1 << 20))
