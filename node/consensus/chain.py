@@ -32,8 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import rlp
+import rlp.codec
+import trie.hexary
 from eth._utils.rlp import validate_imported_block_unchanged
 from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI, WithdrawalAPI
+from eth.db.account import AccountDB
 from eth.db.backends.base import BaseAtomicDB, BaseDB
 from eth.exceptions import (
     BlockNotFound,
@@ -48,6 +51,7 @@ from eth.vm.forks.prague.constants import (
     DEPOSIT_EVENT_SIGNATURE_HASH,
     DEPOSIT_REQUEST_TYPE,
 )
+from eth.vm.forks.prague.state import PragueState
 from eth.vm.spoof import SpoofTransaction
 from eth_bloom import BloomFilter
 from eth_hash.auto import keccak
@@ -718,6 +722,157 @@ def _logs_of(
     )
 
 
+class _NotInBatch(Exception):
+    """A trie change :func:`trie_batch_set` leaves to the trie itself."""
+
+
+def trie_batch_set(
+    get: Callable[[bytes], bytes], root_hash: bytes, items: Iterable[tuple[bytes, bytes]]
+) -> tuple[bytes, dict[bytes, bytes]] | None:
+    """The root and the new nodes of a hexary trie after setting every ``(key, value)`` of
+    ``items``, each node on a changed path built, encoded and hashed once.
+
+    Setting them one by one (``HexaryTrie.set``) rebuilds and hashes the path from the root for
+    every key and then prunes the nodes it made for the previous ones; the result is the same
+    trie, and the nodes returned are the ones that would remain (tests compare both). ``None``
+    (nothing done) when this function does not apply: an empty value (a delete), keys of
+    different lengths, a key given twice, or a node missing from ``get``.
+    """
+    from trie.constants import BLANK_NODE_HASH
+
+    pairs = sorted((_bytes_to_nibbles(key), value) for key, value in items)
+    if not pairs:
+        return None
+    size = len(pairs[0][0])
+    if size == 0 or any(len(key) != size or not value for key, value in pairs):
+        return None
+    if any(a[0] == b[0] for a, b in itertools.pairwise(pairs)):
+        return None
+    encode = rlp.codec.encode_raw
+    decode_node = trie.hexary.decode_node
+    nodes: dict[bytes, bytes] = {}
+
+    def ref(node: list[Any]) -> Any:
+        encoded = encode(node)
+        if len(encoded) < 32:
+            return node  # embedded in its parent
+        digest = keccak(encoded)
+        nodes[digest] = encoded
+        return digest
+
+    def resolve(reference: Any) -> Any:
+        if reference == b"" or type(reference) is list:
+            return reference
+        try:
+            return decode_node(get(reference))
+        except KeyError:
+            raise _NotInBatch from None  # the trie raises its own error for a missing node
+
+    def groups(group: list[tuple[tuple[int, ...], bytes]], at: int) -> Iterator[tuple[int, Any]]:
+        start = 0
+        for end in range(1, len(group) + 1):
+            if end == len(group) or group[end][0][at] != group[start][0][at]:
+                yield group[start][0][at], group[start:end]
+                start = end
+
+    def build(group: list[tuple[tuple[int, ...], bytes]], depth: int) -> list[Any]:
+        if len(group) == 1:
+            key, value = group[0]
+            return [_encode_nibbles((*key[depth:], _TERMINATOR)), value]
+        first, last = group[0][0], group[-1][0]
+        common = 0
+        while first[depth + common] == last[depth + common]:
+            common += 1
+        if common:
+            return [
+                _encode_nibbles(first[depth : depth + common]),
+                ref(build(group, depth + common)),
+            ]
+        branch: list[Any] = [b""] * 17
+        for nibble, sub in groups(group, depth):
+            branch[nibble] = ref(build(sub, depth + 1))
+        return branch
+
+    def update(node: Any, group: list[tuple[tuple[int, ...], bytes]], depth: int) -> list[Any]:
+        if node == b"":
+            return build(group, depth)
+        if len(node) == 17:
+            branch = list(node)
+            for nibble, sub in groups(group, depth):
+                branch[nibble] = ref(update(resolve(node[nibble]), sub, depth + 1))
+            return branch
+        path = _decode_nibbles(node[0])
+        if path and path[-1] == _TERMINATOR:  # a leaf: the keys below it, built anew
+            key = (*group[0][0][:depth], *path[:-1])
+            merged = dict(group)
+            if key not in merged:
+                if len(key) != size:
+                    raise _NotInBatch
+                merged[key] = node[1]
+            if len(merged) == 1:
+                return [node[0], merged[key]]
+            return build(sorted(merged.items()), depth)
+        common = len(path)  # an extension: how much of its path every key shares
+        for key, _ in group:
+            i = 0
+            while i < common and key[depth + i] == path[i]:
+                i += 1
+            common = i
+        if common == len(path):
+            return [node[0], ref(update(resolve(node[1]), group, depth + common))]
+        # split the extension where a key leaves it: a branch holding the rest of it
+        rest: Any = (
+            node[1] if common + 1 == len(path) else [_encode_nibbles(path[common + 1 :]), node[1]]
+        )
+        at = depth + common
+        branch = [b""] * 17
+        for nibble, sub in groups(group, at):
+            if nibble == path[common]:
+                branch[nibble] = ref(update(resolve(rest), sub, at + 1))
+            else:
+                branch[nibble] = ref(build(sub, at + 1))
+        if branch[path[common]] == b"":
+            branch[path[common]] = ref(rest) if type(rest) is list else rest
+        if common:
+            return [_encode_nibbles(path[:common]), ref(branch)]
+        return branch
+
+    try:
+        root = update(b"" if root_hash == BLANK_NODE_HASH else resolve(root_hash), pairs, 0)
+    except _NotInBatch:
+        return None
+    encoded = encode(root)  # the root is stored by its hash whatever its size
+    digest = keccak(encoded)
+    nodes[digest] = encoded
+    return digest, nodes
+
+
+class LedgerAccountDB(AccountDB):
+    """py-evm's AccountDB, with the accounts a block changed written into the state trie in one
+    pass (:func:`trie_batch_set`) instead of one ``HexaryTrie.set`` each; deletes, and anything
+    the batch does not handle, go the original way."""
+
+    def _apply_account_diff_without_proof(self, diff: Any, trie: Any) -> None:
+        if not diff.deleted_keys():
+            hexary = trie._db  # HashTrie (keys hashed) over the squashing HexaryTrie
+            result = trie_batch_set(
+                hexary.db.__getitem__,
+                hexary.root_hash,
+                [(keccak(address), value) for address, value in diff.pending_items()],
+            )
+            if result is not None:
+                root, nodes = result
+                for key, value in nodes.items():
+                    hexary._set_db_value(key, value)  # counted for pruning as the trie does
+                hexary.root_hash = root
+                return
+        super()._apply_account_diff_without_proof(diff, trie)
+
+
+class LedgerState(PragueState):
+    account_db_class = LedgerAccountDB
+
+
 class LedgerVM(PragueVM):
     """PragueVM, with the EIP-6110 deposit scan reading the receipts it has just made from memory.
 
@@ -726,6 +881,7 @@ class LedgerVM(PragueVM):
     did not make.
     """
 
+    _state_class = LedgerState
     _made_receipts: tuple[bytes, tuple[ReceiptAPI, ...]] | None = None
 
     def set_block_transactions_and_withdrawals(

@@ -134,3 +134,56 @@ def test_jump_analysis_shared_per_code_matches_the_original() -> None:
 
 def test_import_path_accelerators_are_installed() -> None:
     assert {"merge_kwargs_to_args", "merge_args_to_kwargs", "CodeStream"} <= set(chain.REPLACED)
+
+
+def test_batch_trie_update_matches_setting_keys_one_by_one() -> None:
+    from trie import HexaryTrie
+
+    rng = random.Random(23)
+    for trial in range(120):
+        db: dict[bytes, bytes] = {}
+        key_size = rng.choice([1, 2, 3, 32])
+        universe = [rng.randbytes(key_size) for _ in range(rng.choice([3, 20, 200, 500]))]
+        t = HexaryTrie(db)
+        for k in rng.sample(universe, rng.randrange(0, len(universe) // 2 + 1)):
+            t[k] = rng.randbytes(rng.choice([1, 4, 30, 33, 70]))
+        root = t.root_hash
+        for _ in range(3):
+            count = rng.randrange(1, min(len(universe), 150) + 1)
+            batch = {
+                k: rng.randbytes(rng.choice([1, 4, 30, 33, 70]))
+                for k in rng.sample(universe, count)
+            }
+            expected_db = dict(db)
+            expected = HexaryTrie(expected_db, root)
+            with expected.squash_changes() as memory:
+                for k, v in batch.items():
+                    memory[k] = v
+            result = chain.trie_batch_set(db.__getitem__, root, batch.items())
+            assert result is not None, trial
+            root, nodes = result
+            assert root == expected.root_hash, trial
+            # the same nodes are new (the ones that remain after the trie's own pruning)
+            assert set(nodes) - set(db) == set(expected_db) - set(db), trial
+            db.update(nodes)
+    assert chain.trie_batch_set(db.__getitem__, root, [(b"\x01" * 32, b"")]) is None  # a delete
+    assert chain.trie_batch_set(db.__getitem__, b"\x09" * 32, [(b"\x01", b"x")]) is None  # missing
+
+
+def test_blocks_built_with_the_batch_state_trie_import_without_it(
+    spec: NetworkSpec, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eth.vm.forks.prague.state import PragueState
+
+    fast = chain.Chain(spec, AtomicDB())
+    blocks = _fill(fast, cast, 4, 12)
+    monkeypatch.setattr(chain.LedgerVM, "_state_class", PragueState)
+    plain = chain.Chain(spec, AtomicDB())
+    for raw in blocks:  # re-executed with py-evm's own AccountDB: the state roots must agree
+        plain.import_block(raw)
+    assert plain.head() == fast.head()
+    more = _fill(plain, cast, 2, 12, t0=1_700_000_200)
+    monkeypatch.undo()
+    for raw in more:
+        fast.import_block(raw)
+    assert fast.head() == plain.head()
