@@ -205,6 +205,64 @@ def _install_nibbles() -> None:
     REPLACED.update({old.__name__: old for old, _ in pairs})
 
 
+def _node_helpers(
+    get_node_type: Callable[[Any], int],
+    key_starts_with: Callable[[Any, Any], bool],
+) -> tuple[Callable[[Any], int], Callable[[Any, Any], bool]]:
+    """trie's ``get_node_type`` reading a leaf's or extension's kind from its hex-prefix flag
+    (instead of decoding its whole path), and ``key_starts_with`` comparing two slices (instead
+    of a generator over pairs); anything unusual goes to the originals."""
+    from trie.constants import NODE_TYPE_BRANCH, NODE_TYPE_EXTENSION, NODE_TYPE_LEAF
+
+    def node_type(node: Any) -> int:
+        if type(node) is list:
+            if len(node) == 17:
+                return NODE_TYPE_BRANCH
+            if len(node) == 2 and type(node[0]) is bytes and node[0]:
+                flag = node[0][0] >> 4
+                if flag < 2:
+                    return NODE_TYPE_EXTENSION
+                if flag < 4:
+                    return NODE_TYPE_LEAF
+        return get_node_type(node)
+
+    def starts_with(full_key: Any, partial_key: Any) -> bool:
+        if type(full_key) is tuple and type(partial_key) is tuple:
+            return full_key[: len(partial_key)] == partial_key
+        return key_starts_with(full_key, partial_key)
+
+    return node_type, starts_with
+
+
+def _install_node_helpers() -> None:
+    import trie.hexary
+    import trie.utils.nodes as nodes
+
+    if getattr(nodes.get_node_type, "_flnode_fast", False):
+        return
+    originals = (nodes.get_node_type, nodes.key_starts_with)
+    fast = _node_helpers(*originals)
+    samples: list[Any] = [
+        b"",
+        [b"\x00" * 32] * 17,
+        [b"\x20\x01", b"v"],
+        [b"\x31", b"v"],
+        [b"\x00\x12", b"\x01" * 32],
+        [b"\x1a", [b"\x20", b"x"]],
+    ]
+    keys = [(), (1,), (1, 2), (1, 2, 3), (2, 1), tuple(range(16)) * 4]
+    if any(fast[0](node) != originals[0](node) for node in samples):
+        return
+    if any(fast[1](a, b) != originals[1](a, b) for a in keys for b in keys):
+        return
+    for new, old in zip(fast, originals, strict=True):
+        new._flnode_fast = True  # type: ignore[attr-defined]
+        REPLACED[old.__name__] = old
+        for module in (nodes, trie.hexary):
+            if getattr(module, old.__name__, None) is old:
+                setattr(module, old.__name__, new)
+
+
 _STRING_PREFIX = [bytes((0x80 + n,)) for n in range(56)]
 _LIST_PREFIX = [bytes((0xC0 + n,)) for n in range(56)]
 
@@ -494,6 +552,7 @@ def _install_accelerators() -> None:
     _install_ordered_trie()
 
     _install_nibbles()
+    _install_node_helpers()
     _install_rlp_encoder()
     _install_shallow_serializable_copy()
     _install_serializable_arg_mergers()

@@ -187,3 +187,30 @@ def test_blocks_built_with_the_batch_state_trie_import_without_it(
     for raw in more:
         fast.import_block(raw)
     assert fast.head() == plain.head()
+
+
+def test_node_helpers_match_the_originals() -> None:
+    import trie.utils.nodes as nodes
+
+    rng = random.Random(29)
+    samples: list[object] = [b"", [b"", b"x"], [b"\x40", b"x"], [b"x"] * 3, [b"\x01"] * 17, (1, 2)]
+    for _ in range(500):
+        path = tuple(rng.randrange(16) for _ in range(rng.randrange(0, 20)))
+        leaf = rng.random() < 0.5
+        encoded = chain.REPLACED["encode_nibbles"]((*path, 16) if leaf else path)
+        samples.append([encoded, rng.randbytes(rng.choice((1, 32)))])
+    for node in samples:
+        expected: object
+        try:
+            expected = chain.REPLACED["get_node_type"](node)
+        except Exception as exc:
+            expected = type(exc)
+        try:
+            got: object = nodes.get_node_type(node)
+        except Exception as exc:
+            got = type(exc)
+        assert got == expected, node
+    keys = [tuple(rng.randrange(3) for _ in range(rng.randrange(0, 6))) for _ in range(60)]
+    for a in keys:
+        for b in keys:
+            assert nodes.key_starts_with(a, b) == chain.REPLACED["key_starts_with"](a, b)
