@@ -166,17 +166,19 @@ def consensus_service_for(
 ) -> ConsensusService | None:
     """The consensus service of a node with a ledger, unless it runs the dev proposer.
 
-    ``hooks`` are the node's application hooks (``proposals``, ``validator``: the federation's
-    miner role)."""
+    Its settings come from the config's ``[consensus]`` section; ``hooks`` are the node's
+    application hooks (``proposals``, ``validator``: the federation's miner role)."""
     if chain.dev_mine_interval_s > 0:
         return None
     from .consensus.bft.service import ConsensusService
 
+    settings = config.consensus.settings()
     register_consensus_messages(p2p.registry)
     return ConsensusService(
         chain,
-        P2PConsensusNetwork(p2p),
+        P2PConsensusNetwork(p2p, sync_timeout_s=settings.sync_timeout_s),
         identity,
         state_dir=Path(datadir.path) / "consensus",
+        settings=settings,
         **(hooks or {}),
     )

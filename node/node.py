@@ -78,8 +78,7 @@ def services_for(config: NodeConfig, datadir: DataDir, identity: NodeIdentity) -
             identity,
             p2p,
             chain,
-            # consensus_service_for hands these to ConsensusService as keyword arguments.
-            {**federation.consensus_hooks(), "settings": config.consensus.settings()},
+            federation.consensus_hooks(),
         )
         ledger = [chain, *([consensus] if consensus is not None else []), federation]
         providers = list(federation.providers())
