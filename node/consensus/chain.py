@@ -622,9 +622,11 @@ class ContentCacheDB(BaseAtomicDB):
     memory), so a cached one stays right; the cache only ever holds values the database holds
     (read from it, or written in a batch that committed), each checked against its hash, and a
     delete through this object evicts. Everything else is read from and written to ``db``.
+    At most ``max_entries`` values are kept (the oldest quarter goes when it is full): some
+    15 MB of trie nodes at the default.
     """
 
-    def __init__(self, db: BaseAtomicDB, *, max_entries: int = 100_000) -> None:
+    def __init__(self, db: BaseAtomicDB, *, max_entries: int = 32_768) -> None:
         self.db = db
         self._cache: dict[bytes, bytes] = {}
         self._max = max_entries
