@@ -330,6 +330,12 @@ class ConsensusSection(_Section):
     tx_gossip_interval_s: float = _seconds(
         0.05, "Seconds between gossip batches of the mempool's new transactions.", gt=0
     )
+    tx_regossip_s: float = _seconds(
+        5.0,
+        "Transactions this node sent that are still pending after this long are gossiped "
+        "again (a gossip message can be lost), then again after as long each time.",
+        gt=0,
+    )
     sync_batch: int = Field(
         32,
         ge=1,

@@ -194,9 +194,10 @@ def _consensus_samples(s: Any) -> Iterable[Sample]:
     )
     for name, value, text in (
         ("committed", s.committed, "Blocks this node committed by agreement."),
-        ("synced", s.synced, "Blocks adopted through block sync."),
+        ("synced", s.synced, "Blocks adopted from peers: block sync or announcements."),
         ("sync_requests", s.sync_requests, "Block-sync requests sent."),
         ("txs_gossiped", s.txs_gossiped, "Transactions gossiped to the other mempools."),
+        ("txs_regossiped", s.txs_regossiped, "Own transactions gossiped again (still pending)."),
         ("txs_received", s.txs_received, "Gossiped transactions received."),
         ("txs_committed", s.txs_committed, "Transactions in committed blocks."),
         ("evidence", s.evidence, "Equivocations detected (slashing evidence)."),

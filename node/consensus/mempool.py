@@ -46,6 +46,8 @@ class Mempool:
         self.max_tx_size = max_tx_size
         self._txs: dict[bytes, SignedTransactionAPI] = {}  # hash → tx, in arrival order
         self._by_sender: dict[bytes, list[SignedTransactionAPI]] = defaultdict(list)
+        self._cost: dict[bytes, int] = {}
+        """Per sender: the most its pending transactions can cost (value + gas × max fee)."""
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -116,8 +118,7 @@ class Mempool:
             raise TransactionRejected(
                 "nonce-gap", f"nonce {tx.nonce} is not the next one for this sender ({expected})"
             )
-        cost = sum(t.value + t.gas * t.max_fee_per_gas for t in queued)
-        cost += tx.value + tx.gas * max_fee
+        cost = self._cost.get(sender, 0) + tx.value + tx.gas * max_fee
         balance = self._chain.balance(sender)
         if cost > balance:
             raise TransactionRejected(
@@ -128,6 +129,7 @@ class Mempool:
             raise TransactionRejected("mempool-full", f"{self.max_txs} transactions are waiting")
         self._txs[tx.hash] = tx
         self._by_sender[sender].append(tx)
+        self._cost[sender] = cost
         return tx.hash
 
     def _check_chain_id(self, tx: SignedTransactionAPI) -> None:
@@ -149,10 +151,7 @@ class Mempool:
                 if t.nonce < nonce:
                     del self._txs[t.hash]
                     dropped += 1
-            if keep:
-                self._by_sender[sender] = keep
-            else:
-                del self._by_sender[sender]
+            self._keep(sender, keep)
         return dropped
 
     def remove(self, tx_hashes: set[bytes]) -> None:
@@ -163,7 +162,17 @@ class Mempool:
                 continue
             for t in queued[cut:]:
                 self._txs.pop(t.hash, None)
-            if cut:
-                self._by_sender[sender] = queued[:cut]
-            else:
-                del self._by_sender[sender]
+            self._keep(sender, queued[:cut])
+
+    def _keep(self, sender: bytes, queued: list[SignedTransactionAPI]) -> None:
+        """Make ``queued`` the sender's pending transactions (and their cost)."""
+        if queued:
+            self._by_sender[sender] = queued
+            self._cost[sender] = sum(_max_cost(t) for t in queued)
+        else:
+            self._by_sender.pop(sender, None)
+            self._cost.pop(sender, None)
+
+
+def _max_cost(tx: SignedTransactionAPI) -> int:
+    return tx.value + tx.gas * tx.max_fee_per_gas

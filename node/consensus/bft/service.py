@@ -116,6 +116,10 @@ class ConsensusSettings:
     """When > 0, a height with nothing pending starts anyway after this long (an empty block,
     e.g. so that time-based contract rules advance); 0 = never make empty blocks."""
     tx_gossip_interval_s: float = 0.05
+    tx_regossip_s: float = 5.0
+    """This node's own transactions still pending after this long are gossiped again (gossip
+    may lose a message, e.g. before a new peer's mesh has formed; every peer that already has
+    the transaction drops the repeat by its hash)."""
     sync_batch: int = 32
     sync_timeout_s: float = 10.0
     sync_interval_s: float = 5.0
@@ -137,6 +141,7 @@ class ConsensusStatistics:
     synced: int = 0
     sync_requests: int = 0
     txs_gossiped: int = 0
+    txs_regossiped: int = 0
     txs_received: int = 0
     evidence: int = 0
     slash_submitted: int = 0
@@ -209,6 +214,8 @@ class ConsensusService(Service):
         self._bft_subscribed = False
         self._sync_wanted = trio.Event()
         self._seen_txs: OrderedDict[bytes, None] = OrderedDict()
+        self._own_txs: OrderedDict[bytes, None] = OrderedDict()
+        """Transactions that entered the network here (API, local roles), for re-gossip."""
         self._slashed: set[str] = set()
         self._parked: dict[bytes, dict[int, bytes]] = {}
         self._parked_count = 0
@@ -262,6 +269,7 @@ class ConsensusService(Service):
             "synced": self.stats.synced,
             "sync_requests": self.stats.sync_requests,
             "txs_gossiped": self.stats.txs_gossiped,
+            "txs_regossiped": self.stats.txs_regossiped,
             "txs_received": self.stats.txs_received,
             "evidence": self.stats.evidence,
             "slash_submitted": self.stats.slash_submitted,
@@ -715,6 +723,7 @@ class ConsensusService(Service):
     async def _tx_out_loop(self) -> None:
         core = self.core
         assert core is not None
+        regossip_at = time.monotonic() + self.settings.tx_regossip_s
         while True:
             await trio.sleep(self.settings.tx_gossip_interval_s)
             # An empty mempool needs no trip to the chain's worker thread (this loop runs 20
@@ -723,19 +732,22 @@ class ConsensusService(Service):
                 count, pending = 0, []
             else:
                 count, pending = await self.link.pending_raw(4 * MAX_TX_BATCH, self._seen_txs)
-            batch: list[bytes] = []
-            size = 0
+            fresh = []
             for digest, raw in pending:
                 if digest in self._seen_txs:
                     continue
-                self._remember(digest)
-                if len(batch) == MAX_TX_BATCH or size + len(raw) > MAX_TX_BATCH_BYTES:
-                    self._send_txs(batch)
-                    batch, size = [], 0
-                batch.append(raw)
-                size += len(raw)
-            if batch:
-                self._send_txs(batch)
+                self._remember(digest)  # received ones are remembered on arrival: this is ours
+                self._own_txs[digest] = None
+                if len(self._own_txs) > _SEEN_TXS:
+                    self._own_txs.popitem(last=False)
+                fresh.append(raw)
+            self._gossip_txs(fresh)
+            if count > 0 and time.monotonic() >= regossip_at:
+                regossip_at = time.monotonic() + self.settings.tx_regossip_s
+                _, oldest = await self.link.pending_raw(MAX_TX_BATCH)
+                again = [raw for digest, raw in oldest if digest in self._own_txs]
+                self.stats.txs_regossiped += len(again)
+                self._gossip_txs(again)
             wake = count > 0 or self._wants_block()
             interval = self.settings.max_block_interval_s
             if interval > 0 and time.monotonic() - self._last_commit > interval:
@@ -746,6 +758,18 @@ class ConsensusService(Service):
                     await self._apply(core.on_work())
 
                 await self._post(work)
+
+    def _gossip_txs(self, raws: list[bytes]) -> None:
+        batch: list[bytes] = []
+        size = 0
+        for raw in raws:
+            if len(batch) == MAX_TX_BATCH or size + len(raw) > MAX_TX_BATCH_BYTES:
+                self._send_txs(batch)
+                batch, size = [], 0
+            batch.append(raw)
+            size += len(raw)
+        if batch:
+            self._send_txs(batch)
 
     def _send_txs(self, txs: list[bytes]) -> None:
         self.stats.txs_gossiped += len(txs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -9,7 +10,7 @@ import trio
 from flnode.consensus.bft.abc import BFT_TOPIC
 from flnode.consensus.bft.messages import PREVOTE, VoteMessage, encode_message
 
-from .nodes import ETHER, Node, running_nodes
+from .nodes import ETHER, FAST, Node, running_nodes
 
 
 async def _transfer(node: Node, to: str, value: int = 1) -> bytes:
@@ -134,3 +135,18 @@ async def test_partition_two_two_heals_without_forks(tmp_path: Path) -> None:
         net.blocked = set()
         await _wait_included(nodes, stuck, timeout=60)
         await _same_heads(nodes)
+
+
+async def test_a_transaction_whose_gossip_was_lost_is_gossiped_again(tmp_path: Path) -> None:
+    settings = replace(FAST, tx_regossip_s=0.5)
+    async with running_nodes(tmp_path, miners=4, followers=1, settings=settings) as (net, nodes, _):
+        follower = nodes[4]
+        cut = {(follower.name, m.name) for m in nodes[:4]}
+        net.blocked |= cut  # the follower's first gossip of the transaction reaches no one
+        tx = await _transfer(follower, nodes[0].identity.address)
+        with trio.fail_after(10):
+            while follower.consensus.stats.txs_gossiped == 0:  # type: ignore[union-attr]
+                await trio.sleep(0.02)
+        net.blocked -= cut
+        await _wait_included(nodes, [tx], timeout=15)
+        assert follower.consensus.stats.txs_regossiped >= 1  # type: ignore[union-attr]
