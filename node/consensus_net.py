@@ -151,9 +151,7 @@ class P2PConsensusNetwork:
         return [p for p in self.p2p.connected_peers() if not self.p2p.scores.is_banned(p)]
 
     def penalise(self, peer: str, reason: str) -> None:
-        # P2PService._penalise also bans and disconnects below the threshold; it has no public
-        # name yet (the P2P layer's owner may want to expose one).
-        self.p2p._penalise(peer, _OFFENCE.get(reason, "invalid_payload"))
+        self.p2p.penalise(peer, _OFFENCE.get(reason, "invalid_payload"))
 
 
 def consensus_service_for(

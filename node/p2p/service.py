@@ -338,7 +338,7 @@ class P2PService(Service):
             blamed = forwarder.to_base58()
             if exc.sender_verified and exc.sender is not None:
                 blamed = ID(exc.sender).to_base58()
-            self._penalise(blamed, exc.reason)
+            self.penalise(blamed, exc.reason)
             log.warning(
                 "gossip dropped",
                 reason=exc.reason,
@@ -352,7 +352,7 @@ class P2PService(Service):
         if verdict is not Verdict.NEW:
             self.stats.drop(verdict.value)
             if verdict in (Verdict.REPLAY, Verdict.CONFLICT):
-                self._penalise(envelope.peer_id, verdict.value)
+                self.penalise(envelope.peer_id, verdict.value)
                 log.warning("gossip dropped", reason=verdict.value, sender=envelope.peer_id)
             return False
         self._validated[(origin, bytes(msg.seqno))] = envelope
@@ -384,7 +384,10 @@ class P2PService(Service):
 
     # -- peers -------------------------------------------------------------------------------
 
-    def _penalise(self, peer: str, reason: str) -> None:
+    def penalise(self, peer: str, reason: str) -> None:
+        """Charge ``peer`` for an offence (``reason``: a key of ``scoring.PENALTIES``); below the
+        ban threshold it is banned: blacklisted in pubsub and disconnected. For the layers above
+        that judge what peers send them (e.g. the consensus)."""
         if peer == self.peer_id:
             return
         if self.scores.penalise(peer, reason):

@@ -15,11 +15,10 @@ from flnode.config import ConsensusSection, NodeConfig, default_config_toml, loa
 from flnode.consensus.bft.core import Timeouts
 from flnode.consensus.bft.messages import MAX_SYNC_BLOCKS
 from flnode.consensus.bft.service import ConsensusService, ConsensusSettings
-from flnode.consensus.network import new_network
-from flnode.datadir import init_datadir
 from flnode.errors import ConfigError
 from flnode.identity import NodeIdentity
 from flnode.node import Node
+from tests.networks import one_node_network
 
 ETHER = 10**18
 
@@ -178,15 +177,7 @@ def test_settings_are_frozen() -> None:
 def _node_datadir(tmp_path: Path, consensus: str) -> Path:
     """A data dir made by ``init_datadir`` whose config.toml runs a ledger and sets ``consensus``."""
     datadir = tmp_path / "node"
-    me = init_datadir(datadir).identity
-    spec = new_network(
-        network_id="cfg-net",
-        chain_id=31339,
-        accounts=[(me.address, 100 * ETHER)],
-        miners=[(me.address, 2 * ETHER)],
-        min_stake=ETHER,
-    )
-    spec.save(tmp_path / "net.toml")
+    one_node_network(tmp_path, "cfg-net", 31339)
     (datadir / "config.toml").write_text(
         '[node]\nnetwork_id = "cfg-net"\nshutdown_timeout_s = 1.0\nroles = ["miner"]\n'
         f'[chain]\nnetwork_file = "{tmp_path / "net.toml"}"\n'

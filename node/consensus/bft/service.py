@@ -41,6 +41,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 from eth_utils import keccak
@@ -585,18 +586,27 @@ class ConsensusService(Service):
             if took > 1.0:
                 log.warning("consensus publish slow", topic=topic, seconds=round(took, 2))
 
-    async def _bft_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
-        core = self.core
-        assert core is not None
+    async def _decoded(
+        self, channel: AsyncIterator[tuple[bytes, str]], kinds: tuple[type, ...]
+    ) -> AsyncIterator[tuple[Any, str]]:
+        """(message, peer) for each gossiped message that decodes to one of ``kinds``; the peer
+        that relayed anything else is charged."""
         async for data, peer in channel:
             try:
                 message = decode_message(data)
             except InvalidConsensusMessage as exc:
                 self._charge(peer, exc.reason, exc.detail)
                 continue
-            if not isinstance(message, Credential | Proposal | VoteMessage | Evidence):
+            if not isinstance(message, kinds):
                 self._charge(peer, "wrong-topic", type(message).__name__)
                 continue
+            yield message, peer
+
+    async def _bft_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
+        core = self.core
+        assert core is not None
+        kinds = (Credential, Proposal, VoteMessage, Evidence)
+        async for message, peer in self._decoded(channel, kinds):
             if self._debug:
                 log.debug(
                     "consensus message in",
@@ -622,15 +632,7 @@ class ConsensusService(Service):
     async def _blocks_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
         """Adopt announced blocks that extend our head (after checking their certificates)."""
         assert self._nursery is not None
-        async for data, peer in channel:
-            try:
-                message = decode_message(data)
-            except InvalidConsensusMessage as exc:
-                self._charge(peer, exc.reason, exc.detail)
-                continue
-            if not isinstance(message, CertifiedBlock):
-                self._charge(peer, "wrong-topic", type(message).__name__)
-                continue
+        async for message, peer in self._decoded(channel, (CertifiedBlock,)):
             head = self.head
             if head is None or message.height <= head.number:
                 continue  # decided or synced already (the usual case for committee members)
@@ -644,15 +646,7 @@ class ConsensusService(Service):
             await self._post(adopt)
 
     async def _tx_in_loop(self, channel: AsyncIterator[tuple[bytes, str]]) -> None:
-        async for data, peer in channel:
-            try:
-                message = decode_message(data)
-            except InvalidConsensusMessage as exc:
-                self._charge(peer, exc.reason, exc.detail)
-                continue
-            if not isinstance(message, TxBatch):
-                self._charge(peer, "wrong-topic", type(message).__name__)
-                continue
+        async for message, peer in self._decoded(channel, (TxBatch,)):
             fresh = []
             for raw in message.txs:
                 digest = keccak(raw)

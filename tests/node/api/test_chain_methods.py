@@ -33,6 +33,7 @@ from flnode.datadir import init_datadir
 from flnode.identity import NodeIdentity
 from flnode.node import Node
 from flnode.rpc import RpcError, RpcMethod, StaticProvider
+from tests.networks import one_node_network
 
 ETHER = 10**18
 STRANGER = "0x000000000000000000000000000000000000dEaD"
@@ -461,16 +462,8 @@ def test_registry_allows_camel_case_only_in_ethereum_namespaces() -> None:
 
 async def test_a_transaction_waiting_for_consensus_is_pending(tmp_path: Path) -> None:
     """A follower whose committee is offline: a queued transaction is pending, not lost."""
-    me = init_datadir(tmp_path / "node").identity
     absent = NodeIdentity.from_secret((99).to_bytes(32, "big"))
-    spec = new_network(
-        network_id="idle-net",
-        chain_id=31338,
-        accounts=[(me.address, 100 * ETHER)],
-        miners=[(absent.address, 2 * ETHER)],
-        min_stake=ETHER,
-    )
-    spec.save(tmp_path / "net.toml")
+    me = one_node_network(tmp_path, "idle-net", 31338, miner=absent)
     config = NodeConfig.model_validate(
         {
             "node": {"shutdown_timeout_s": 1.0, "network_id": "idle-net"},

@@ -13,10 +13,9 @@ import trio
 
 from flnode.api import ApiClient, ApiEndpoint
 from flnode.config import NodeConfig
-from flnode.consensus.network import new_network
-from flnode.datadir import init_datadir
 from flnode.node import Node
 from flnode.rpc import RpcError
+from tests.networks import one_node_network
 
 ETHER = 10**18
 pytestmark = pytest.mark.timeout(120)
@@ -24,15 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 
 async def _node(tmp_path: Path, roles: list[str]) -> AsyncIterator[ApiClient]:
     """A node with ``roles`` on its own dev chain; its data dir is ``tmp_path / "node"``."""
-    me = init_datadir(tmp_path / "node").identity
-    spec = new_network(
-        network_id="fed-net",
-        chain_id=31337,
-        accounts=[(me.address, 100 * ETHER)],
-        miners=[(me.address, 2 * ETHER)],
-        min_stake=ETHER,
-    )
-    spec.save(tmp_path / "net.toml")
+    me = one_node_network(tmp_path, "fed-net", 31337)
     config = NodeConfig.model_validate(
         {
             "node": {"shutdown_timeout_s": 1.0, "network_id": "fed-net", "roles": roles},

@@ -132,3 +132,18 @@ async def test_persistent_offender_is_banned_and_disconnected() -> None:
         assert receiver.scores.bans_total == 1
         await trio.sleep(1.0)  # the banned peer is not let back in
         assert mallory.peer_id not in receiver.connected_peers()
+
+
+async def test_a_layer_above_can_charge_a_peer_until_it_is_banned() -> None:
+    """``P2PService.penalise`` is how the consensus charges peers for bad consensus messages."""
+    async with running_services(2) as (judge, accused):
+        await full_mesh([judge, accused])
+        judge.penalise(judge.peer_id, "invalid_payload")  # never itself
+        assert judge.scores.snapshot(judge.peer_id).offences == {}
+        for _ in range(6):  # 6 x invalid_payload (20 points) crosses the -100 threshold
+            judge.penalise(accused.peer_id, "invalid_payload")
+        with trio.fail_after(10):
+            while accused.peer_id in judge.connected_peers():
+                await trio.sleep(0.05)
+        assert judge.scores.is_banned(accused.peer_id)
+        assert judge.scores.snapshot(accused.peer_id).offences.get("invalid_payload") == 6
