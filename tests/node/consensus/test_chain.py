@@ -220,3 +220,17 @@ def test_receipts_logs_and_reads(spec: NetworkSpec, cast: Cast) -> None:
     assert contract.is_active_miner(chain.call, d.address)
     assert chain.receipts(1)[1] == r2
     assert Cid.from_data(b"x")  # keep the import honest
+
+
+def test_state_reads_follow_the_head(spec: NetworkSpec, cast: Cast) -> None:
+    """Reads reuse one state object per head state root: a new head must be read afresh."""
+    chain = Chain(spec, AtomicDB())
+    sender, receiver = cast.devices[0].address, cast.outsider.address
+    before = (chain.balance(receiver), chain.nonce(sender))  # caches the genesis state
+    tx = chain.sign_transaction(cast.devices[0].private_key, to=receiver, value=7, gas=21_000)
+    chain.add_transaction(tx)
+    built = chain.build_block(chain.mempool.pending(), coinbase=cast.miners[0].address)
+    assert (chain.balance(receiver), chain.nonce(sender)) == before  # building moves no head
+    chain.import_block(built.encode())
+    assert chain.balance(receiver) == before[0] + 7
+    assert chain.nonce(sender) == before[1] + 1
