@@ -7,9 +7,10 @@ N real P2P services in one process, fully connected on loopback, all subscribed 
 of them publish ``--messages`` pings each, ``--interval`` seconds apart. Every other service counts
 what it receives, ``--settle`` seconds after the last publish. Records, per size and wait, the
 delivered share (1.0 = every subscriber got every message) into
-``bench/results/gossip_delivery.json``. Measured on 2026-11-27: at 7 services everything arrives
-within 5 s; at 10 only about a third has arrived after 5 s, but all of it after 20-40 s: a delivery
-backlog inside py-libp2p 0.8.1, not a loss (ARCHITECTURE.md "Known defects").
+``bench/results/gossip_delivery.json``. Measured on 2026-11-27: at first, at 10 services only
+13-23 % had arrived 5 s after the last publish (all of it after 20-40 s); after yamux stopped
+returning credit on every read (``flnode.p2p._libp2p_fixes``) and the mesh degree went to 4,
+every message arrives within 5 s at 7 and at 10 services (ARCHITECTURE.md "Known defects").
 """
 
 from __future__ import annotations
