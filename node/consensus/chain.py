@@ -480,6 +480,40 @@ def _install_shared_jump_analysis() -> None:
     eth.vm.computation.CodeStream = SharedAnalysisCodeStream  # type: ignore[misc]
 
 
+NibblePairs = list[tuple[tuple[int, ...], bytes]]
+"""(key as nibbles, value) pairs, sorted by key, distinct, no key a prefix of another."""
+
+
+def _nibble_groups(group: NibblePairs, at: int) -> Iterator[tuple[int, NibblePairs]]:
+    """The runs of ``group`` that share the nibble at position ``at``, with that nibble."""
+    start = 0
+    for end in range(1, len(group) + 1):
+        if end == len(group) or group[end][0][at] != group[start][0][at]:
+            yield group[start][0][at], group[start:end]
+            start = end
+
+
+def _fresh_subtrie(group: NibblePairs, depth: int, ref: Callable[[list[Any]], Any]) -> list[Any]:
+    """The trie node that holds ``group`` below its first ``depth`` nibbles, built bottom-up;
+    each child goes through ``ref`` (embedded if short, else stored and referenced by hash)."""
+    if len(group) == 1:
+        key, value = group[0]
+        return [_encode_nibbles((*key[depth:], _TERMINATOR)), value]
+    first, last = group[0][0], group[-1][0]
+    common = 0
+    while first[depth + common] == last[depth + common]:
+        common += 1
+    if common:
+        return [
+            _encode_nibbles(first[depth : depth + common]),
+            ref(_fresh_subtrie(group, depth + common, ref)),
+        ]
+    branch: list[Any] = [b""] * 17
+    for nibble, sub in _nibble_groups(group, depth):
+        branch[nibble] = ref(_fresh_subtrie(sub, depth + 1, ref))
+    return branch
+
+
 def _ordered_trie_builder(
     original: Callable[[tuple[bytes, ...]], tuple[bytes, dict[bytes, bytes]]],
 ) -> Callable[[tuple[bytes, ...]], tuple[bytes, dict[bytes, bytes]]]:
@@ -509,28 +543,7 @@ def _ordered_trie_builder(
             nodes[digest] = encoded
             return digest
 
-        def subtrie(group: list[tuple[tuple[int, ...], bytes]], depth: int) -> list[Any]:
-            if len(group) == 1:
-                key, value = group[0]
-                return [_encode_nibbles((*key[depth:], _TERMINATOR)), value]
-            first, last = group[0][0], group[-1][0]
-            common = 0
-            while first[depth + common] == last[depth + common]:
-                common += 1
-            if common:
-                return [
-                    _encode_nibbles(first[depth : depth + common]),
-                    ref(subtrie(group, depth + common)),
-                ]
-            branch: list[Any] = [b""] * 17
-            start = 0
-            for end in range(1, len(group) + 1):
-                if end == len(group) or group[end][0][depth] != group[start][0][depth]:
-                    branch[group[start][0][depth]] = ref(subtrie(group[start:end], depth + 1))
-                    start = end
-            return branch
-
-        root = encode(subtrie(pairs, 0))
+        root = encode(_fresh_subtrie(pairs, 0, ref))
         digest = keccak(root)
         nodes[digest] = root
         return digest, nodes
@@ -836,37 +849,15 @@ def trie_batch_set(
         except KeyError:
             raise _NotInBatch from None  # the trie raises its own error for a missing node
 
-    def groups(group: list[tuple[tuple[int, ...], bytes]], at: int) -> Iterator[tuple[int, Any]]:
-        start = 0
-        for end in range(1, len(group) + 1):
-            if end == len(group) or group[end][0][at] != group[start][0][at]:
-                yield group[start][0][at], group[start:end]
-                start = end
-
-    def build(group: list[tuple[tuple[int, ...], bytes]], depth: int) -> list[Any]:
-        if len(group) == 1:
-            key, value = group[0]
-            return [_encode_nibbles((*key[depth:], _TERMINATOR)), value]
-        first, last = group[0][0], group[-1][0]
-        common = 0
-        while first[depth + common] == last[depth + common]:
-            common += 1
-        if common:
-            return [
-                _encode_nibbles(first[depth : depth + common]),
-                ref(build(group, depth + common)),
-            ]
-        branch: list[Any] = [b""] * 17
-        for nibble, sub in groups(group, depth):
-            branch[nibble] = ref(build(sub, depth + 1))
-        return branch
+    def build(group: NibblePairs, depth: int) -> list[Any]:
+        return _fresh_subtrie(group, depth, ref)
 
     def update(node: Any, group: list[tuple[tuple[int, ...], bytes]], depth: int) -> list[Any]:
         if node == b"":
             return build(group, depth)
         if len(node) == 17:
             branch = list(node)
-            for nibble, sub in groups(group, depth):
+            for nibble, sub in _nibble_groups(group, depth):
                 branch[nibble] = ref(update(resolve(node[nibble]), sub, depth + 1))
             return branch
         path = _decode_nibbles(node[0])
@@ -894,7 +885,7 @@ def trie_batch_set(
         )
         at = depth + common
         branch = [b""] * 17
-        for nibble, sub in groups(group, at):
+        for nibble, sub in _nibble_groups(group, at):
             if nibble == path[common]:
                 branch[nibble] = ref(update(resolve(rest), sub, at + 1))
             else:
