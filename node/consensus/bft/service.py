@@ -100,6 +100,10 @@ from .signer import STATE_FILE, GuardedSigner
 log = get_logger("flnode.consensus")
 
 _CHARGED_TX_REASONS = frozenset({"oversize", "malformed", "wrong-chain-id", "bad-signature"})
+_HONEST_RACES = frozenset({"not-leader"})
+"""Rejections an honest peer can cause: a member that had not yet seen a lower credential
+proposes as leader (costs the round, never safety). Counted and logged, not charged: on a
+loaded machine charging them banned honest miners' relays."""
 _SEEN_TXS = 100_000
 _PARKED_TXS = 10_000
 _MAX_PULL_PEERS = 16  # a stalled round asks every peer of a committee-sized network at once
@@ -493,7 +497,7 @@ class ConsensusService(Service):
     def _charge(self, origin: object, reason: str, detail: str) -> None:
         self.stats.offences[reason] = self.stats.offences.get(reason, 0) + 1
         log.info("consensus message rejected", reason=reason, detail=detail[:160])
-        if isinstance(origin, str):
+        if isinstance(origin, str) and reason not in _HONEST_RACES:
             self.network.penalise(origin, reason)
 
     async def _timer(self, action: ScheduleTimeout) -> None:

@@ -55,7 +55,9 @@ async def test_four_miners_and_a_follower_commit_transactions_from_any_node(
         assert head.number >= 2
         for node in nodes:
             assert node.consensus is not None
-            assert not node.consensus.stats.offences
+            # honest nodes reject nothing, except a second leader's proposal when a lower
+            # credential arrived late (the race test_processes.py allows too)
+            assert not set(node.consensus.stats.offences) - {"not-leader"}
         follower = nodes[4]
         assert follower.consensus is not None and follower.consensus.core is not None
         assert not follower.consensus.core.is_member
