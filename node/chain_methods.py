@@ -139,6 +139,20 @@ class WithdrawParams(Params):
     )
 
 
+class MinerRegisterParams(WithdrawParams):
+    stake_wei: str = Field(
+        description="Stake to lock, in wei as a decimal string (at least the ledger's minimum "
+        "stake, minus any stake already held)."
+    )
+
+    @field_validator("stake_wei")
+    @classmethod
+    def _check_stake(cls, v: str) -> str:
+        if not v.isdigit() or int(v) <= 0:
+            raise ValueError(f"{v!r} is not a positive whole number of wei")
+        return v
+
+
 class CidParams(Params):
     cid: str = Field(description="CID of the blob (bafkrei…).")
 
@@ -372,6 +386,32 @@ class ChainApi(Service):
 
             return await svc.run_sync(read, svc.chain)
 
+        async def committed(heads: Any, tx_hash: bytes, wait_s: float, out: dict[str, Any]) -> None:
+            """Fill ``out``'s status (and block) once ``tx_hash`` is committed, or after
+            ``wait_s``; ``heads`` is subscribed before the transaction is sent, so its block
+            cannot be missed."""
+            out["status"] = "pending"
+            with trio.move_on_after(wait_s):
+                while wait_s > 0:
+                    try:
+                        receipt = await svc.receipt(tx_hash)
+                    except NotFound:
+                        await heads.receive()
+                        continue
+                    out["status"] = "success" if receipt.success else "reverted"
+                    out["block_number"] = receipt.block_number
+                    break
+
+        async def send_and_wait(
+            data: bytes, wait_s: float, value: int = 0, **fields: Any
+        ) -> dict[str, Any]:
+            heads = svc.subscribe_blocks()
+            with heads:
+                tx_hash = await svc.send(contract.address, data, value=value)
+                out: dict[str, Any] = {"tx_hash": "0x" + tx_hash.hex(), **fields}
+                await committed(heads, tx_hash, wait_s, out)
+            return out
+
         async def withdraw(p: WithdrawParams) -> dict[str, Any]:
             me = self.identity.address
             owed = await svc.run_sync(contract.owed, svc.chain.call, me)
@@ -381,25 +421,72 @@ class ChainApi(Service):
                     f"nothing to withdraw: the ledger owes {me} nothing (wallet_balance shows "
                     "what it owes)",
                 )
-            heads = svc.subscribe_blocks()
-            with heads:
-                tx_hash = await svc.send(contract.address, contract.withdraw())
-                out: dict[str, Any] = {
-                    "tx_hash": "0x" + tx_hash.hex(),
-                    "amount": _wei(owed),
-                    "status": "pending",
+            return await send_and_wait(contract.withdraw(), p.wait_s, amount=_wei(owed))
+
+        async def miner_status(p: AddressParams) -> dict[str, Any]:
+            who = p.address or self.identity.address
+
+            def read(chain: Chain) -> dict[str, Any]:
+                return {
+                    "address": who,
+                    "stake": _wei(contract.stake(chain.call, who)),
+                    "active": contract.is_active_miner(chain.call, who),
+                    "leaving_at_block": int(contract.view(chain.call, "leaving_at", who)) or None,
+                    "min_stake": _wei(int(contract.view(chain.call, "min_stake"))),
+                    "head": chain.head().number,
                 }
-                with trio.move_on_after(p.wait_s):
-                    while p.wait_s > 0:
-                        try:
-                            receipt = await svc.receipt(tx_hash)
-                        except NotFound:
-                            await heads.receive()
-                            continue
-                        out["status"] = "success" if receipt.success else "reverted"
-                        out["block_number"] = receipt.block_number
-                        break
-            return out
+
+            return await svc.run_sync(read, svc.chain)
+
+        async def miner_register(p: MinerRegisterParams) -> dict[str, Any]:
+            me = self.identity.address
+            stake = int(p.stake_wei)
+
+            def check(chain: Chain) -> str | None:
+                if int(contract.view(chain.call, "leaving_at", me)):
+                    return f"{me} is leaving the committee; finish with miner_leave first"
+                total = contract.stake(chain.call, me) + stake
+                least = int(contract.view(chain.call, "min_stake"))
+                if total < least:
+                    return (
+                        f"a stake of {total} wei is below the ledger's minimum stake of {least} wei"
+                    )
+                if chain.balance(me) < stake:
+                    return (
+                        f"{me} holds {chain.balance(me)} wei, less than the stake of {stake} wei "
+                        "(plus gas)"
+                    )
+                return None
+
+            problem = await svc.run_sync(check, svc.chain)
+            if problem is not None:
+                raise RpcError(SERVER_ERROR, problem)
+            return await send_and_wait(
+                contract.register_miner(), p.wait_s, value=stake, stake=_wei(stake)
+            )
+
+        async def miner_leave(p: WithdrawParams) -> dict[str, Any]:
+            me = self.identity.address
+
+            def step(chain: Chain) -> tuple[str, int]:
+                if contract.stake(chain.call, me) == 0:
+                    return "none", 0
+                at = int(contract.view(chain.call, "leaving_at", me))
+                if at == 0:
+                    return "request", 0
+                return ("leave" if chain.head().number >= at else "wait"), at
+
+            what, at = await svc.run_sync(step, svc.chain)
+            if what == "none":
+                raise RpcError(SERVER_ERROR, f"{me} holds no miner stake")
+            if what == "wait":
+                raise RpcError(
+                    SERVER_ERROR,
+                    f"{me} is leaving; its stake can be taken back from block {at} on "
+                    "(call miner_leave again then)",
+                )
+            data = contract.request_leave() if what == "request" else contract.leave()
+            return await send_and_wait(data, p.wait_s, step=what)
 
         async def task_list(p: TaskListParams) -> dict[str, Any]:
             def read(chain: Chain) -> dict[str, Any]:
@@ -485,6 +572,36 @@ class ChainApi(Service):
                         "node key).",
                         WithdrawParams,
                         result="{tx_hash, amount, status, block_number when committed}",
+                    ),
+                ),
+            ),
+            StaticProvider(
+                "miner",
+                (
+                    m(
+                        "miner_status",
+                        miner_status,
+                        "An account's miner stake, whether it sits on the committee, and the "
+                        "ledger's minimum stake.",
+                        AddressParams,
+                        result="{address, stake, active, leaving_at_block, min_stake, head}",
+                    ),
+                    m(
+                        "miner_register",
+                        miner_register,
+                        "Stake this node's key as a miner (registerMiner); it joins the BFT "
+                        "committee from the block after the registration is committed.",
+                        MinerRegisterParams,
+                        result="{tx_hash, stake, status, block_number when committed}",
+                    ),
+                    m(
+                        "miner_leave",
+                        miner_leave,
+                        "Leave the committee: the first call requests it (the stake stays locked "
+                        "for the ledger's leave delay), a call after the delay returns the stake "
+                        "(credited; withdraw it with wallet_withdraw).",
+                        WithdrawParams,
+                        result="{tx_hash, step: request|leave, status, block_number}",
                     ),
                 ),
             ),

@@ -15,9 +15,13 @@ in the chain's one worker thread) and adds the consensus' own records to the cha
   transactions, coinbase and timestamp on our head must give the same hash (same execution,
   same roots, same header fields); then the node's application validator (the
   ``BlockValidator`` hook, e.g. re-checking a ``commitRound`` aggregate) has the last word.
-* The **committee** of the next height is read from the ledger contract at the head: the
-  network file's miners that are active (staked at least the minimum stake, not leaving), with
-  their stakes. A slashed miner therefore leaves the committee from the next height on.
+* The **committee** of the next height is read from the ledger contract at the head: every
+  miner that is active there (staked at least the minimum stake, not leaving), with its stake.
+  The candidates are the network file's miners plus every address a ``MinerRegistered`` event
+  named in a block up to the head, found by scanning only the blocks added since the last scan
+  (header blooms skip the rest); so a miner that registers after genesis joins the committee
+  from the height after its registration, and a slashed or leaving miner drops out of it then.
+  Every node reads the same candidates and the same state at the same head, so all agree.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class ChainLink:
         self.max_future_s = max_future_s
         self._clock = clock
         self._committee: tuple[bytes, Committee] | None = None
+        self._candidates: dict[str, None] = {m.address: None for m in chain.spec.miners}
+        self._scanned = 0  # MinerRegistered events of blocks 1.._scanned are in _candidates
 
     @property
     def chain_id(self) -> int:
@@ -127,15 +133,15 @@ class ChainLink:
         """The active staked miners at ``head`` (cached per head)."""
         if self._committee is not None and self._committee[0] == head.hash:
             return self._committee[1]
-        spec = self.chain.spec
         contract = self.chain.contract
 
         def read() -> dict[str, int]:
-            call = self.chain.chain.call
+            chain = self.chain.chain
+            self._scan_registrations(head.number)
             stakes = {}
-            for miner in spec.miners:
-                if contract.is_active_miner(call, miner.address):
-                    stakes[miner.address] = contract.stake(call, miner.address)
+            for miner in self._candidates:
+                if contract.is_active_miner(chain.call, miner):
+                    stakes[miner] = contract.stake(chain.call, miner)
             return stakes
 
         stakes = await self.chain.run_sync(read)
@@ -146,6 +152,21 @@ class ChainLink:
         committee = Committee.of(stakes)
         self._committee = (head.hash, committee)
         return committee
+
+    def _scan_registrations(self, upto: int) -> None:
+        """Add the miners named by ``MinerRegistered`` in blocks ``_scanned+1 .. upto`` to the
+        candidates (in the chain's worker thread). Registrations are never forgotten: whether a
+        candidate sits on the committee is the contract's answer at the head."""
+        if upto <= self._scanned:
+            return
+        contract = self.chain.contract
+        topic = contract.event_topic("MinerRegistered")
+        for entry in self.chain.chain.logs(
+            self._scanned + 1, upto, address=contract.address, topics=[topic]
+        ):
+            if len(entry.topics) > 1:
+                self._candidates.setdefault(to_checksum_address(entry.topics[1][-20:]), None)
+        self._scanned = upto
 
     async def build(self, max_txs: int, *, first: Sequence[bytes] = ()) -> bytes:
         built = await self.chain.build_block(max_txs=max_txs, first=first)

@@ -207,6 +207,36 @@ async def test_ledger_methods_answer_and_explain_errors(ledger_node: Setup) -> N
     assert [e["event"] for e in withdrawn["events"]] == ["Withdrawn"]
 
 
+async def test_miner_methods_stake_and_leave(ledger_node: Setup) -> None:
+    c, me = ledger_node.client, ledger_node.node.identity.address
+    status = await c.call("miner_status")
+    assert status["address"] == me and status["active"] is True
+    assert status["stake"]["wei"] == str(2 * ETHER) and status["min_stake"]["wei"] == str(ETHER)
+    assert status["leaving_at_block"] is None
+    stranger = await c.call("miner_status", {"address": STRANGER})
+    assert stranger["active"] is False and stranger["stake"]["wei"] == "0"
+
+    more = await c.call("miner_register", {"stake_wei": str(ETHER), "wait_s": 20})
+    assert more["status"] == "success" and more["stake"]["wei"] == str(ETHER)
+    assert (await c.call("miner_status"))["stake"]["wei"] == str(3 * ETHER)
+    receipt = await c.call("chain_tx", {"hash": more["tx_hash"]})
+    assert [e["event"] for e in receipt["events"]] == ["MinerRegistered"]
+    rich = await _error(c, "miner_register", {"stake_wei": str(10**6 * ETHER)})
+    assert rich.code == -32000 and "less than the stake" in rich.message
+    for bad in ("0", "-5", "1e18", "lots"):
+        refused = await _error(c, "miner_register", {"stake_wei": bad})
+        assert refused.code == -32602 and "positive whole number of wei" in refused.message
+
+    asked = await c.call("miner_leave", {"wait_s": 20})
+    assert asked["status"] == "success" and asked["step"] == "request"
+    leaving = await c.call("miner_status")
+    assert leaving["active"] is False and leaving["leaving_at_block"] > leaving["head"]
+    early = await _error(c, "miner_leave")
+    assert early.code == -32000 and f"from block {leaving['leaving_at_block']}" in early.message
+    rejoin = await _error(c, "miner_register", {"stake_wei": str(ETHER)})
+    assert rejoin.code == -32000 and "is leaving" in rejoin.message
+
+
 async def test_model_methods_read_the_blob_store(ledger_node: Setup) -> None:
     c, cid = ledger_node.client, ledger_node.model_cid
     info = await c.call("model_get", {"cid": str(cid)})

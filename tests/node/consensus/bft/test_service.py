@@ -152,3 +152,28 @@ async def test_a_transaction_whose_gossip_was_lost_is_gossiped_again(tmp_path: P
         net.blocked -= cut
         await _wait_included(nodes, [tx], timeout=15)
         assert follower.consensus.stats.txs_regossiped >= 1  # type: ignore[union-attr]
+
+
+async def test_a_miner_registered_after_genesis_joins_the_committee(tmp_path: Path) -> None:
+    async with running_nodes(tmp_path, miners=4, followers=1) as (_net, nodes, _):
+        newcomer = nodes[4]
+        assert newcomer.chain is not None and newcomer.consensus is not None
+        contract = newcomer.chain.contract
+        joined = await newcomer.chain.send(
+            contract.address, contract.register_miner(), value=2 * ETHER
+        )
+        await _wait_included(nodes, [joined])
+        # The committee is read at the head that includes the registration: five members of
+        # equal stake, whose quorum (more than 2/3 of the stake) needs four of them.
+        with trio.fail_after(10):
+            while newcomer.consensus.status()["committee"] != sorted(
+                n.identity.address for n in nodes
+            ):
+                await _wait_included(nodes, [await _transfer(nodes[0], nodes[1].identity.address)])
+        assert newcomer.consensus.status()["member"] is True
+        # With one founding miner stopped, the remaining three cannot commit without the
+        # newcomer's votes: a commit now proves it votes.
+        await nodes[0].stop()
+        tx = await _transfer(nodes[1], nodes[2].identity.address)
+        await _wait_included(nodes[1:], [tx])
+        await _same_heads(nodes[1:])
