@@ -11,9 +11,9 @@ Reading (:func:`weights_from_bytes`) treats the bytes as hostile (DESIGN.md: eve
 outside is hostile). Before any tensor is materialised it checks, in order: the total size against
 ``max_bytes``; the 8-byte little-endian header length against a fixed bound and the buffer (a header
 that declares an absurd size is refused without allocating it); that the header is UTF-8 JSON
-without duplicate keys; each entry's dtype, shape and ``data_offsets`` (inside the buffer, sized
-``numel × itemsize``, tiling the data section exactly, so no overlaps, gaps or trailing bytes); then
-the expected keys, shapes and dtypes. Only then does ``safetensors.torch.load`` build the tensors,
+without duplicate keys; each entry's dtype, shape (at most 16 dimensions) and ``data_offsets``
+(inside the buffer, sized ``numel × itemsize``, tiling the data section exactly, so no overlaps,
+gaps or trailing bytes); then the expected keys, shapes and dtypes. Only then does ``safetensors.torch.load`` build the tensors,
 which are finally checked for NaN and infinity. Every refusal is a :class:`WeightsFormatError` whose
 message names the problem and the key.
 
@@ -63,6 +63,10 @@ MAX_HEADER_BYTES = 4 * 1024 * 1024
 itself allows 100 MB). Checked before the header is sliced, so a forged length costs nothing."""
 
 _MAX_KEY_CHARS = 1024
+_MAX_DIMS = 16
+"""Most dimensions a tensor may declare (flnode's models use at most 4). torch refuses more than
+64 in many operations, and a shape of 65 zero-length dimensions passed every size check (it has
+no elements) and then made the finiteness check raise a bare ``RuntimeError``."""
 _MAX_METADATA_CHARS = 64 * 1024
 _METADATA_KEY = "__metadata__"
 
@@ -145,6 +149,10 @@ def weights_to_bytes(
             )
         if value.dtype not in _DTYPE_NAMES:
             raise WeightsFormatError(f"{key!r} has unsupported dtype {value.dtype}")
+        if value.dim() > _MAX_DIMS:
+            raise WeightsFormatError(
+                f"{key!r} has {value.dim()} dimensions; at most {_MAX_DIMS} are supported"
+            )
         t = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise WeightsFormatError(f"{key!r} contains NaN or infinity")
@@ -279,6 +287,10 @@ def _check_entry(
     if not isinstance(shape, list) or not all(_is_nat(s) for s in shape):
         raise WeightsFormatError(
             f"{key!r}: shape must be a list of non-negative integers, got {shape!r:.80}"
+        )
+    if len(shape) > _MAX_DIMS:
+        raise WeightsFormatError(
+            f"{key!r}: a shape of {len(shape)} dimensions; at most {_MAX_DIMS} are supported"
         )
     offsets = entry["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_nat(o) for o in offsets)):
