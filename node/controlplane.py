@@ -82,15 +82,32 @@ class P2PNodeInfo:
         connected = set(self.p2p.connected_peers())
         known = getattr(self.p2p, "_known", {})  # the peer book's addresses; read-only
         views = []
-        for peer in sorted(connected | set(self.p2p.known_peers())):
+        banned = set(self.p2p.scores.banned())
+        for peer in sorted(connected | banned | set(self.p2p.known_peers())):
             entry = known.get(peer)
             addrs = tuple(str(a) for a in entry.addrs) if entry is not None else ()
-            views.append(PeerView(peer, peer in connected, self.p2p.scores.score(peer), addrs))
+            views.append(
+                PeerView(
+                    peer,
+                    peer in connected,
+                    self.p2p.scores.score(peer),
+                    addrs,
+                    banned=peer in banned,
+                )
+            )
         views.sort(key=lambda v: not v.connected)
         return views
 
+    def ban(self, peer_id: str, seconds: float) -> None:
+        self.p2p.ban(peer_id, seconds)
+
+    def unban(self, peer_id: str) -> bool:
+        return self.p2p.unban(peer_id)
+
     async def connect(self, addr: str) -> ConnectOutcome:
         peer = await self.p2p.connect(addr)
+        if self.p2p.scores.is_banned(peer):
+            return ConnectOutcome(peer, False, banned=True)
         # The connection event may be delivered just after the dial returns.
         with trio.move_on_after(_CONNECT_SETTLE_S):
             while peer not in self.p2p.connected_peers():

@@ -1,4 +1,5 @@
-"""The ``node`` namespace: who this node is, whom it is connected to, connect to a peer.
+"""The ``node`` namespace: who this node is, whom it is connected to, connect to, ban and unban
+a peer.
 
 The API may not import the P2P layer, so it states what it needs as :class:`NodeInfoSource` and the
 Node passes in an adapter over its P2P service (``flnode.node``).
@@ -6,6 +7,7 @@ Node passes in an adapter over its P2P service (``flnode.node``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,12 +26,14 @@ class PeerView:
     connected: bool
     score: float
     addrs: tuple[str, ...] = ()
+    banned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectOutcome:
     peer_id: str
     connected: bool
+    banned: bool = False
 
 
 class NodeInfoSource(Protocol):
@@ -45,6 +49,14 @@ class NodeInfoSource(Protocol):
 
     async def connect(self, addr: str) -> ConnectOutcome:
         """Dial a full multiaddr now; report whether a connection is open afterwards."""
+        ...
+
+    def ban(self, peer_id: str, seconds: float) -> None:
+        """Disconnect ``peer_id`` and refuse it for ``seconds``."""
+        ...
+
+    def unban(self, peer_id: str) -> bool:
+        """Lift a ban; whether there was one."""
         ...
 
 
@@ -68,6 +80,42 @@ class ConnectParams(Params):
         return addr
 
 
+#: Longest ban ``node_ban`` accepts (a week); a peer that misbehaves longer can be banned again.
+MAX_BAN_S = 7 * 24 * 3600.0
+
+
+#: A libp2p peer id as text: a base58btc multihash (``Qm…`` sha2-256, ``12D3KooW…``/``16U…``
+#: identity-hashed public keys), 46 to 128 characters.
+_PEER_ID = re.compile(r"[1-9A-HJ-NP-Za-km-z]{46,128}")
+
+
+def _peer_id(value: str) -> str:
+    if not _PEER_ID.fullmatch(value):
+        raise ValueError(f"{value!r} is not a peer id (base58, e.g. 12D3KooW… or Qm…)")
+    return value
+
+
+class BanParams(Params):
+    peer_id: str = Field(description="The peer to ban (node_peers lists them).")
+    seconds: float = Field(
+        3600.0, gt=0, le=MAX_BAN_S, description="How long the ban lasts (at most a week)."
+    )
+
+    @field_validator("peer_id")
+    @classmethod
+    def _check(cls, v: str) -> str:
+        return _peer_id(v)
+
+
+class UnbanParams(Params):
+    peer_id: str = Field(description="The banned peer.")
+
+    @field_validator("peer_id")
+    @classmethod
+    def _check(cls, v: str) -> str:
+        return _peer_id(v)
+
+
 def node_provider(source: NodeInfoSource) -> StaticProvider:
     """The ``node_*`` methods over ``source``."""
 
@@ -85,6 +133,7 @@ def node_provider(source: NodeInfoSource) -> StaticProvider:
                     "peer_id": p.peer_id,
                     "connected": p.connected,
                     "score": round(p.score, 3),
+                    "banned": p.banned,
                     "addrs": list(p.addrs),
                 }
                 for p in peers
@@ -93,6 +142,12 @@ def node_provider(source: NodeInfoSource) -> StaticProvider:
 
     async def node_connect(params: ConnectParams) -> dict[str, Any]:
         outcome = await source.connect(params.addr)
+        if outcome.banned:
+            raise RpcError(
+                SERVER_ERROR,
+                f"{outcome.peer_id} is banned on this node (node_unban lifts the ban)",
+                data={"peer_id": outcome.peer_id},
+            )
         if not outcome.connected:
             raise RpcError(
                 SERVER_ERROR,
@@ -101,6 +156,20 @@ def node_provider(source: NodeInfoSource) -> StaticProvider:
                 data={"peer_id": outcome.peer_id},
             )
         return {"peer_id": outcome.peer_id, "connected": True}
+
+    async def node_ban(params: BanParams) -> dict[str, Any]:
+        try:
+            source.ban(params.peer_id, params.seconds)
+        except ValueError as exc:
+            raise RpcError(SERVER_ERROR, str(exc)) from None
+        return {"peer_id": params.peer_id, "banned": True, "seconds": params.seconds}
+
+    async def node_unban(params: UnbanParams) -> dict[str, Any]:
+        if not source.unban(params.peer_id):
+            raise RpcError(
+                SERVER_ERROR, f"{params.peer_id} is not banned (node_peers shows who is)"
+            )
+        return {"peer_id": params.peer_id, "banned": False}
 
     return StaticProvider(
         "node",
@@ -124,6 +193,21 @@ def node_provider(source: NodeInfoSource) -> StaticProvider:
                 "Connect to a peer now, by its full multiaddr.",
                 ConnectParams,
                 '{"peer_id": ..., "connected": true}',
+            ),
+            RpcMethod(
+                "node_ban",
+                node_ban,
+                "Disconnect a peer and refuse it (no gossip, no fetches, no dials) for a while; "
+                "peers that misbehave are banned automatically by their score.",
+                BanParams,
+                '{"peer_id": ..., "banned": true, "seconds": ...}',
+            ),
+            RpcMethod(
+                "node_unban",
+                node_unban,
+                "Lift a peer's ban (an operator's or the score book's); it is dialled again.",
+                UnbanParams,
+                '{"peer_id": ..., "banned": false}',
             ),
         ),
     )

@@ -118,6 +118,34 @@ class PeerScoreBook:
             return True
         return False
 
+    def ban(self, peer_id: str, seconds: float) -> None:
+        """Ban ``peer_id`` for ``seconds`` whatever its score (an operator's decision); a longer
+        ban already in force is kept."""
+        if seconds <= 0:
+            raise ValueError(f"a ban lasts a positive number of seconds. Got: {seconds}")
+        now = self._clock()
+        record = self._records.get(peer_id)
+        if record is None:
+            self._evict_if_full()
+            record = self._records[peer_id] = _Record(updated=now)
+        until = now + seconds
+        if self.is_banned(peer_id):
+            assert record.banned_until is not None
+            record.banned_until = max(record.banned_until, until)
+        else:
+            record.banned_until = until
+            self.bans_total += 1
+
+    def unban(self, peer_id: str) -> bool:
+        """Lift ``peer_id``'s ban now and reset its score; whether it was banned."""
+        if not self.is_banned(peer_id):
+            return False
+        record = self._records[peer_id]
+        record.banned_until = None
+        record.score = 0.0
+        record.updated = self._clock()
+        return True
+
     def is_banned(self, peer_id: str) -> bool:
         """Whether ``peer_id`` is banned now; an expired ban is lifted (and the score reset)."""
         record = self._records.get(peer_id)

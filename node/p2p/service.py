@@ -222,11 +222,13 @@ class P2PService(Service):
         return await self.fetcher.fetch(cid, providers)
 
     async def connect(self, addr: str) -> str:
-        """Dial ``/ip4/.../tcp/N/p2p/<id>`` now and remember the peer; returns its peer ID."""
+        """Dial ``/ip4/.../tcp/N/p2p/<id>`` now and remember the peer; returns its peer ID.
+        A banned peer is remembered but not dialled."""
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         peer = info.peer_id.to_base58()
         self._known.setdefault(peer, _KnownPeer(list(info.addrs)))
-        await self._dial(peer, info)
+        if not self.scores.is_banned(peer):
+            await self._dial(peer, info)
         return peer
 
     async def wait_for_peers(self, count: int, timeout: float) -> None:
@@ -401,6 +403,31 @@ class P2PService(Service):
                 self.pubsub.add_to_blacklist(ID.from_base58(peer))
             if self._nursery is not None and self.host is not None:
                 self._nursery.start_soon(self.host.disconnect, ID.from_base58(peer))
+
+    def ban(self, peer: str, seconds: float) -> None:
+        """Ban ``peer`` for ``seconds`` (an operator's decision, e.g. ``node_ban`` on the API):
+        disconnected, blacklisted in pubsub, not dialled and refused until the ban ends."""
+        if peer == self.peer_id:
+            raise ValueError("a node cannot ban itself")
+        self.scores.ban(peer, seconds)
+        log.warning("peer banned by the operator", peer=peer, seconds=seconds)
+        if self.pubsub is not None:
+            self.pubsub.add_to_blacklist(ID.from_base58(peer))
+        if self._nursery is not None and self.host is not None:
+            self._nursery.start_soon(self.host.disconnect, ID.from_base58(peer))
+
+    def unban(self, peer: str) -> bool:
+        """Lift ``peer``'s ban (whoever imposed it); a known peer is dialled again soon.
+        Whether it was banned."""
+        lifted = self.scores.unban(peer)
+        if self.pubsub is not None:
+            self.pubsub.remove_from_blacklist(ID.from_base58(peer))
+        known = self._known.get(peer)
+        if known is not None:
+            known.backoff, known.next_try = 0.5, time.monotonic()
+        if lifted:
+            log.info("peer ban lifted", peer=peer)
+        return lifted
 
     def _on_connected(self, peer_id: ID) -> None:
         peer = peer_id.to_base58()

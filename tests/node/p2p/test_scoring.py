@@ -40,6 +40,24 @@ def test_scores_recover_with_half_life() -> None:
     assert book.score("p") == pytest.approx(-5)
 
 
+def test_operator_bans_last_their_time_keep_a_longer_one_and_can_be_lifted() -> None:
+    clock = Clock()
+    book = PeerScoreBook(ban_seconds=60, clock=clock)
+    book.ban("p", 300)
+    assert book.is_banned("p") and book.banned() == ["p"] and book.bans_total == 1
+    book.ban("p", 10)  # a shorter ban does not cut the longer one short
+    clock.now += 299
+    assert book.is_banned("p") and book.bans_total == 1
+    clock.now += 2
+    assert not book.is_banned("p")
+    book.penalise("q", "bad_signature")
+    book.ban("q", 100)
+    assert book.unban("q") is True and not book.is_banned("q") and book.score("q") == 0
+    assert book.unban("q") is False and book.unban("never-seen") is False
+    with pytest.raises(ValueError, match="positive"):
+        book.ban("r", 0)
+
+
 def test_ban_expires_and_score_resets() -> None:
     clock = Clock()
     book = PeerScoreBook(ban_threshold=-40, ban_seconds=30, clock=clock)
