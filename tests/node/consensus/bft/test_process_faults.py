@@ -167,3 +167,33 @@ async def test_equivocating_miner_key_is_slashed_on_every_process(
         await wait_heads(net.dirs[:3], lambda s: _same_head(s, top + 1), 60)
     finally:
         net.stop_all()
+
+
+async def test_two_of_four_miner_processes_killed_nothing_commits_until_one_returns(
+    tmp_path: Path, flnode_exe: list[str], clean_env: dict[str, str]
+) -> None:
+    net = ProcessNet(flnode_exe, tmp_path, clean_env, 4)
+    try:
+        await _started(net)
+        await submit_all(net.dirs[0], net.transfers(2))
+        statuses = await wait_heads(net.dirs, lambda s: _same_head(s, 1), 90)
+        height = statuses[0]["head"]["number"]
+        for i in (2, 3):
+            daemon = net.daemons[i]
+            assert daemon is not None
+            daemon.kill()
+        await submit_all(net.dirs[0], net.transfers(2))
+        await trio.sleep(8)
+        statuses = await wait_heads(net.dirs[:2], lambda s: all(st.get("head") for st in s), 30)
+        assert {st["head"]["number"] for st in statuses} == {height}, "committed without a quorum"
+        net.start(2)
+        net.wait_ready(2)
+        statuses = await wait_heads(
+            net.dirs[:3],
+            lambda s: (
+                all(st.get("txs_committed", 0) >= 4 for st in s[:2]) and _same_head(s, height + 1)
+            ),
+            120,
+        )
+    finally:
+        net.stop_all()
