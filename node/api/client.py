@@ -164,12 +164,14 @@ class ApiClient:
         self._pending[request_id] = (done, slot)
         try:
             await self.ws.send_message(frame)
-            with trio.fail_after(timeout):
-                await done.wait()
+            if not done.is_set():
+                # A bare deadline scope rather than trio.fail_after: the same, but cheaper.
+                with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                    await done.wait()
+                if scope.cancelled_caught:
+                    raise ApiConnectionError(f"no reply within {timeout} s")
         except ConnectionClosed as exc:
             raise ApiConnectionError(f"the API connection closed: {exc.reason}") from None
-        except trio.TooSlowError:
-            raise ApiConnectionError(f"no reply within {timeout} s") from None
         finally:
             self._pending.pop(request_id, None)
         if not slot:

@@ -31,6 +31,7 @@ from ..rpc import (
     REQUEST_TOO_LARGE,
     SERVER_ERROR,
     UNAUTHORIZED,
+    NoParams,
     RpcError,
     RpcMethod,
 )
@@ -63,8 +64,17 @@ def _error(code: int, message: str, request_id: Any = None, data: Any = None) ->
     return {"jsonrpc": "2.0", "id": request_id, "error": RpcError(code, message, data).to_json()}
 
 
+#: One encoder for every reply: ``json.dumps`` with keyword arguments builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _encode(obj)
+
+
+def _dumps_id(request_id: str | int | None) -> str:
+    # An int (bool was refused before) encodes as its decimal digits.
+    return str(request_id) if type(request_id) is int else _encode(request_id)
 
 
 def _jsonable(result: Any) -> Any:
@@ -161,7 +171,7 @@ class Dispatcher:
         if is_notification:
             return None
         # The result is encoded already (in _call, where a failure is still an error reply).
-        return f'{{"jsonrpc":"2.0","id":{_dumps(request_id)},"result":{result}}}'
+        return f'{{"jsonrpc":"2.0","id":{_dumps_id(request_id)},"result":{result}}}'
 
     async def _call(self, request: dict[str, Any], session: Session) -> str:
         if request.get("jsonrpc") != "2.0":
@@ -181,8 +191,12 @@ class Dispatcher:
         self.stats.calls[name] += 1
         set_current_session(session)
         try:
-            with trio.fail_after(self.call_timeout_s):
+            # A bare deadline scope rather than trio.fail_after: same effect, without the
+            # generator-based context manager around it (measurably cheaper per call).
+            with trio.CancelScope(deadline=trio.current_time() + self.call_timeout_s) as scope:
                 result = await method.handler(params)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
             return _dumps(_jsonable(result))  # encoded here, so a failure is an error reply
         except RpcError:
             raise
@@ -199,8 +213,14 @@ class Dispatcher:
             ) from None
 
 
+#: What a method without parameters gets when called without any (frozen, so it can be shared).
+_NO_PARAMS = NoParams()
+
+
 def validate_params(method: RpcMethod, raw: dict[str, Any] | list[Any]) -> Any:
     """Build ``method.params`` from named or positional parameters, or raise ``-32602``."""
+    if method.params is NoParams and not raw:
+        return _NO_PARAMS  # what model_validate({}) gives, without a round through pydantic
     fields = list(method.params.model_fields)
     if isinstance(raw, list):
         if len(raw) > len(fields):

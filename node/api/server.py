@@ -189,7 +189,10 @@ class ApiService(Service):
             try:
                 while True:
                     frame = await ws.get_message()
-                    await inflight.acquire()
+                    try:  # get_message was the checkpoint; wait here only at the limit
+                        inflight.acquire_nowait()
+                    except trio.WouldBlock:
+                        await inflight.acquire()
                     nursery.start_soon(serve_one, frame)
             except ConnectionClosed:
                 pass  # the client left (or sent a frame beyond the hard limit: code 1009)

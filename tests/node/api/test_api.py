@@ -120,6 +120,32 @@ async def test_errors_inside_a_client_block_come_out_as_raised(
                 raise KeyError("mine")
 
 
+async def test_api_client_call_times_out_without_a_reply() -> None:
+    from functools import partial
+
+    from trio_websocket import serve_websocket
+
+    async def silent(request: Any) -> None:
+        ws = await request.accept()
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await ws.get_message()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(serve_websocket, silent, "127.0.0.1", 0, ssl_context=None)
+        )
+        endpoint = ApiEndpoint(f"ws://127.0.0.1:{server.port}/", None)
+        async with ApiClient.open(endpoint) as client:
+            with trio.fail_after(5):
+                with pytest.raises(ApiConnectionError, match=r"no reply within 0\.2 s"):
+                    await client.call("node_info", timeout=0.2)
+                with pytest.raises(ApiConnectionError, match=r"no reply within 0\.1 s"):
+                    await client.send_raw("{}", 99, timeout=0.1)
+            assert not client._pending
+        nursery.cancel_scope.cancel()
+
+
 # -- node_* methods ---------------------------------------------------------------------------
 
 

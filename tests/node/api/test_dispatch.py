@@ -99,6 +99,28 @@ async def test_handler_failures_map_to_codes() -> None:
     assert (await _call("test_set"))["error"]["code"] == -32603
 
 
+async def test_methods_without_params_take_none() -> None:
+    for params in (None, {}, []):
+        assert (await _call("test_set", params))["error"]["code"] == -32603  # the handler ran
+    extra = (await _call("test_boom", {"x": 1}))["error"]
+    assert (
+        extra["code"] == -32602 and "unknown parameter 'x' (parameters: none)" in extra["message"]
+    )
+    positional = (await _call("test_boom", [1]))["error"]
+    assert (
+        positional["code"] == -32602
+        and "takes at most 0 parameter(s) none" in positional["message"]
+    )
+
+
+@pytest.mark.parametrize("request_id", [0, -7, 2**70, "", 'ä"\n</', None])
+async def test_reply_ids_are_the_request_ids(request_id: object) -> None:
+    frame = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "test_echo", "params": ["x"]})
+    reply = await _dispatcher().handle_frame(frame, Session("t", authenticated=True))
+    assert reply is not None
+    assert json.loads(reply) == {"jsonrpc": "2.0", "id": request_id, "result": "x"}
+
+
 def test_registry_keeps_namespaces_apart() -> None:
     registry = MethodRegistry()
     method = RpcMethod("chain_head", _boom, "x")
