@@ -44,7 +44,11 @@ LogFormat = Literal["auto", "console", "json"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # No NaN or infinity anywhere: ``p2p.max_clock_skew_s = inf`` passed ``gt=0`` and then crashed
+    # the P2P service at start (``int(inf * 1000)``); "unlimited" is spelt 0 where it exists.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
 
 class NodeSection(_Section):
@@ -466,6 +470,8 @@ def _merge_file(path: Path, merged: dict[str, dict[str, Any]], sources: dict[str
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     for section, table in data.items():
