@@ -421,9 +421,12 @@ def judge_round(
 ) -> RoundDecision:
     """Verify each submission, run the task's robust rule over the valid ones, and decide.
 
-    A submission is rejected when its bytes could not be fetched, do not decode as the task's
-    model, are not finite, change the model by more than ``max_update_norm``, or when the rule
-    filters it out. With fewer than ``min_updates`` (or fewer than the rule needs) valid updates
+    A submission is rejected when its bytes could not be fetched, are the global model itself
+    (a free rider that did not train), are a copy of an earlier submission's bytes (same CID: the
+    first in ``submissions`` order, the ledger's, stands), do not decode as the task's model, are
+    not finite, change the model by more than ``max_update_norm``, or when the rule filters it
+    out. (CIDs are public on the ledger, so without the copy check one joined device could make
+    the rule fail on duplicates and stall every round.) With fewer than ``min_updates`` (or fewer than the rule needs) valid updates
     the round carries the old model forward: nobody is accepted and only invalid updates are
     rejected.
     """
@@ -433,9 +436,17 @@ def judge_round(
     specs = tensor_specs(reference)
     valid: list[Update] = []
     reasons: dict[str, str] = {}
+    first_by_cid: dict[str, str] = {}
     for sub in submissions:
         if sub.data is None:
             reasons[sub.device] = "could not be fetched"
+            continue
+        if sub.data == global_weights:
+            reasons[sub.device] = "the global model unchanged (no training)"
+            continue
+        original = first_by_cid.setdefault(sub.cid, sub.device)
+        if original != sub.device:
+            reasons[sub.device] = f"a copy of {original}'s update (same CID)"
             continue
         try:
             weights = load_weights(cfg, sub.data)

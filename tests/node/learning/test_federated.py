@@ -133,6 +133,29 @@ def test_unfetchable_and_malformed_updates_are_rejected_with_a_reason(
     assert decision.reasons["0xgarbage"]
 
 
+def test_copies_and_the_unchanged_global_model_are_rejected_without_stalling_the_round(
+    cfg, published, round_one
+) -> None:
+    honest = round_one[:3]
+    copier = Submission("0xcopier", honest[0].cid, 10**9, honest[0].data)
+    rider = Submission("0xrider", model_version(published.weights), 100, published.weights)
+    for rule, params in [("multikrum", {"f": 1}), ("fedavg", {})]:
+        decision = judge_round(
+            cfg,
+            rule,
+            params,
+            published.weights,
+            [*honest, copier, rider, *round_one[3:]],
+            min_updates=2,
+            max_update_norm=None,
+        )
+        assert not decision.carried_forward, (rule, decision.reasons)
+        assert honest[0].device in decision.accepted, (rule, decision.reasons)
+        assert {"0xcopier", "0xrider"} <= set(decision.rejected)
+        assert decision.reasons["0xcopier"] == f"a copy of {honest[0].device}'s update (same CID)"
+        assert "unchanged" in decision.reasons["0xrider"]
+
+
 def test_norm_bound_rejects_a_boosted_update(cfg, published, round_one) -> None:
     decision = judge_round(
         cfg, "fedavg", {}, published.weights, round_one[:4], min_updates=2, max_update_norm=5.0
