@@ -259,10 +259,14 @@ class FederationSection(_Section):
         description="Device: the most per-sample epsilon this device spends on one task, if less "
         "than the task asks (its privacy ledger refuses rounds beyond it); 0 = the task's budget.",
     )
-    fault: Literal["", "label-flip", "scale", "wrong-aggregate"] = Field(
+    fault: Literal[
+        "", "label-flip", "scale", "sign-flip", "gaussian-noise", "free-ride", "wrong-aggregate"
+    ] = Field(
         "",
         description="Fault injection for tests and demonstrations: a device poisons its "
-        "updates (label-flip, scale), a miner proposes a wrong aggregate (wrong-aggregate).",
+        "updates (label-flip, scale, sign-flip, gaussian-noise, free-ride: see "
+        "flnode.learning.federated.POISONS), a miner proposes a wrong aggregate "
+        "(wrong-aggregate).",
     )
 
 

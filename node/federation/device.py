@@ -30,6 +30,7 @@ import trio
 from ..cid import Cid
 from ..consensus.ledger import TaskInfo
 from ..learning.federated import (
+    POISONS,
     DeviceLearner,
     FederatedLearningError,
     TrainedUpdate,
@@ -59,9 +60,7 @@ class DeviceRole:
         self._unservable: dict[int, str] = {}
         self._busy = False
         self._wake = trio.Event()
-        self.poison = (
-            self.settings.fault if self.settings.fault in ("label-flip", "scale") else None
-        )
+        self.poison = self.settings.fault if self.settings.fault in POISONS else None
 
     def poke(self) -> None:
         self._wake.set()

@@ -43,6 +43,7 @@ from .aggregation import (
     tensor_specs,
     validate_update,
 )
+from .attacks import free_ride, gaussian_noise, sign_flip
 from .bounding import get_bounding
 from .datasets import Dataset, labels_to_tensor, load_dataset, to_tensor
 from .dp_simulation import model_spec_for, plan_feature_release
@@ -58,8 +59,12 @@ from .taskspec import LearningTaskSpec
 from .training import RandomShift, evaluate, pretrain, set_threads
 
 NETWORK_MODES = ("dpsgd-full", "dpsgd-extractor")
-POISONS = ("label-flip", "scale")
-SCALE_FACTOR = 10.0  # a "scale" poisoner boosts its change to the global model this much
+POISONS = ("label-flip", "scale", "sign-flip", "gaussian-noise", "free-ride")
+"""Attacks a device can be told to make (``federation.fault``; tests, benchmarks, demos): train on
+flipped labels; boost its change ×``SCALE_FACTOR``; reverse it ×``SCALE_FACTOR``; add N(0, 1)
+noise to every weight; or skip training and resubmit the global model."""
+SCALE_FACTOR = 10.0  # as the simulation's attack_scale: "scale" and "sign-flip" use it
+NOISE_STD = 1.0  # as the simulation's attack_noise_std
 
 HeadTrainer = Callable[[HeadTrainingJob], Mapping[str, Tensor]]
 
@@ -290,6 +295,16 @@ class DeviceLearner:
         """
         set_threads(1)
         global_state = load_weights(self.cfg, global_weights)
+        if self.poison == "free-ride":
+            return TrainedUpdate(
+                weights_to_bytes(free_ride(global_state)),
+                len(self.shard),
+                0.0,
+                0.0,
+                0.0,
+                False,
+                self.ledger.spent().epsilon,
+            )
         version = str(Cid.from_data(global_weights))
         weights = dict(global_state)
         feature_s = head_s = 0.0
@@ -321,6 +336,11 @@ class DeviceLearner:
                 k: (g + SCALE_FACTOR * (weights[k] - g)) if g.is_floating_point() else weights[k]
                 for k, g in global_state.items()
             }
+        elif self.poison == "sign-flip":
+            weights = sign_flip(weights, global_state, scale=SCALE_FACTOR)
+        elif self.poison == "gaussian-noise":
+            generator = torch.Generator().manual_seed(self.seed * 7919 + round_)
+            weights = gaussian_noise(weights, NOISE_STD, generator)
         return TrainedUpdate(
             weights_to_bytes(weights),
             len(self.shard),

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
+import torch
 
+from flnode.config import FederationSection
 from flnode.learning.federated import (
+    POISONS,
+    SCALE_FACTOR,
     DeviceLearner,
     FederatedLearningError,
     Submission,
     device_shard,
     evaluate_model,
     judge_round,
+    load_weights,
     model_version,
     network_config,
     publish_model,
@@ -195,3 +201,29 @@ def test_the_whole_task_fits_the_budget(cfg, published, tmp_path) -> None:
     assert update.epsilon_spent > 0.9 * cfg.epsilon  # calibrated to use the budget, not waste it
     with pytest.raises(PrivacyBudgetExceeded):
         learner.train_round(weights, cfg.rounds)
+
+
+def test_every_poison_can_be_configured_on_a_device() -> None:
+    allowed = set(typing.get_args(FederationSection.model_fields["fault"].annotation))
+    assert set(POISONS) <= allowed, set(POISONS) - allowed
+
+
+def test_poisoned_updates_do_what_their_names_say(cfg, published) -> None:
+    g = load_weights(cfg, published.weights)
+    honest = load_weights(cfg, _learner(cfg, 7).train_round(published.weights, 0).weights)
+    flipped = load_weights(
+        cfg, _learner(cfg, 7, poison="sign-flip").train_round(published.weights, 0).weights
+    )
+    for key, ref in g.items():
+        if ref.is_floating_point():
+            expected = ref - SCALE_FACTOR * (honest[key] - ref)
+            assert torch.allclose(flipped[key], expected, atol=1e-4), key
+    rider = _learner(cfg, 8, poison="free-ride").train_round(published.weights, 0)
+    assert rider.weights == published.weights and rider.train_s == 0.0
+    noisy = load_weights(
+        cfg, _learner(cfg, 7, poison="gaussian-noise").train_round(published.weights, 0).weights
+    )
+    change = torch.cat([(noisy[k] - honest[k]).flatten() for k in g if g[k].is_floating_point()])
+    assert 0.9 < float(change.std()) < 1.1  # N(0, 1) on every weight
+    with pytest.raises(FederatedLearningError, match="unknown poison"):
+        _learner(cfg, 9, poison="nonsense")
