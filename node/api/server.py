@@ -3,7 +3,7 @@
 Per connection: the handshake is refused (HTTP 503) beyond ``api.max_connections`` and (HTTP 401)
 when a ``?token=`` query parameter is wrong; without one, the connection is open but every call
 except ``auth`` is refused until ``auth`` succeeds, and three wrong tokens close it. Frames are read
-by one task and each is served in its own task (at most ``api.max_inflight`` at once per
+one at a time and each is served in its own task (at most ``api.max_inflight`` at once per
 connection, which also pushes back on a client that floods), so a slow call such as
 ``node_connect`` does not hold up the rest; replies may therefore come out of order and are matched
 by ``id``, as JSON-RPC intends.
@@ -174,7 +174,22 @@ class ApiService(Service):
             if not session.authenticated:
                 nursery.start_soon(self._close_unless_authenticated, ws, session)
 
-            async def serve_one(frame: str | bytes) -> None:
+            async def read_and_serve() -> None:
+                # Each frame is served in its own task, but not in a task spawned for it: the
+                # task that read the frame serves it, after starting the task that reads the
+                # next one. The reply then goes out in the same scheduler pass the frame came in
+                # (a spawned task would run a pass later), and a slow call still holds up nothing.
+                try:
+                    frame = await ws.get_message()
+                except ConnectionClosed:
+                    # The client left (or sent a frame beyond the hard limit: code 1009).
+                    nursery.cancel_scope.cancel()
+                    return
+                try:  # get_message was the checkpoint; wait here only at the limit
+                    inflight.acquire_nowait()
+                except trio.WouldBlock:
+                    await inflight.acquire()  # nobody reads meanwhile: that is the push-back
+                nursery.start_soon(read_and_serve)
                 try:
                     reply = await self.dispatcher.handle_frame(frame, session)
                     if reply is not None:
@@ -186,18 +201,7 @@ class ApiService(Service):
                 finally:
                     inflight.release()
 
-            try:
-                while True:
-                    frame = await ws.get_message()
-                    try:  # get_message was the checkpoint; wait here only at the limit
-                        inflight.acquire_nowait()
-                    except trio.WouldBlock:
-                        await inflight.acquire()
-                    nursery.start_soon(serve_one, frame)
-            except ConnectionClosed:
-                pass  # the client left (or sent a frame beyond the hard limit: code 1009)
-            finally:
-                nursery.cancel_scope.cancel()
+            nursery.start_soon(read_and_serve)
 
     async def _close_unless_authenticated(self, ws: WebSocketConnection, session: Session) -> None:
         """Free the slot of a connection that never proves the token (api.auth_timeout_s)."""

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url, serve_websocket
 
-from flnode.api import ApiClient, ApiConnectionError, ApiEndpoint
+from flnode.api import ApiClient, ApiConnectionError, ApiEndpoint, ApiService
+from flnode.config import ApiSection
+from flnode.events import EventBus
 from flnode.identity import NodeIdentity
-from flnode.rpc import RpcError
+from flnode.rpc import RpcError, RpcMethod, StaticProvider
 
 
 def _url(node: Any, query: str = "") -> str:
@@ -121,10 +124,6 @@ async def test_errors_inside_a_client_block_come_out_as_raised(
 
 
 async def test_api_client_call_times_out_without_a_reply() -> None:
-    from functools import partial
-
-    from trio_websocket import serve_websocket
-
     async def silent(request: Any) -> None:
         ws = await request.accept()
         with pytest.raises(ConnectionClosed):
@@ -312,6 +311,56 @@ async def test_connection_limit(running_node: Any, connect: Any) -> None:
                     pass
         async with connect(node) as c:  # slots are freed when clients leave
             await c.call("node_info")
+
+
+async def test_slow_calls_hold_up_nothing_until_max_inflight(tmp_path: Any) -> None:
+    """Calls on one connection run side by side, up to api.max_inflight; then reading waits."""
+    release = trio.Event()
+    started: list[int] = []
+
+    async def test_slow(params: Any) -> str:
+        started.append(1)
+        await release.wait()
+        return "slow"
+
+    async def test_fast(params: Any) -> str:
+        return "fast"
+
+    provider = StaticProvider(
+        "test",
+        (RpcMethod("test_slow", test_slow, "Wait."), RpcMethod("test_fast", test_fast, "Answer.")),
+    )
+    api = ApiService(ApiSection(port=0, max_inflight=3), tmp_path / "t", EventBus(), [provider])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(api.run)
+        token = (tmp_path / "t").read_text().strip()
+        async with ApiClient.open(ApiEndpoint(str(api.url), token)) as client:
+            slow: list[str] = []
+
+            async def call_slow() -> None:
+                slow.append(await client.call("test_slow"))
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as calls:
+                    calls.start_soon(call_slow)
+                    calls.start_soon(call_slow)
+                    while len(started) < 2:
+                        await trio.sleep(0.01)
+                    assert await client.call("test_fast") == "fast"  # a third slot is free
+                    calls.start_soon(call_slow)
+                    while len(started) < 3:
+                        await trio.sleep(0.01)
+                    fast: list[str] = []
+
+                    async def call_fast() -> None:
+                        fast.append(await client.call("test_fast"))
+
+                    calls.start_soon(call_fast)
+                    await trio.sleep(0.3)
+                    assert fast == [] and slow == []  # every slot is taken: nothing is read
+                    release.set()
+                assert fast == ["fast"] and slow == ["slow"] * 3
+        nursery.cancel_scope.cancel()
 
 
 async def test_200_concurrent_calls_from_20_clients(running_node: Any, connect: Any) -> None:
