@@ -99,7 +99,7 @@ class BlobStore(BlobStoreAPI):
 
     def put(self, data: bytes | bytearray | memoryview) -> Cid:
         """Store ``data`` and return its CID; storing the same bytes twice is a no-op."""
-        size = len(data)
+        size = memoryview(data).nbytes  # len() of a typed buffer counts items, not bytes
         if size > self.max_blob_size:
             raise BlobTooLargeError(size, self.max_blob_size)
         cid = Cid.from_data(data)
