@@ -8,10 +8,17 @@ so that an unauthenticated client learns nothing: after the envelope is checked,
 Failure of a handler never escapes: :class:`~flnode.rpc.RpcError` keeps its code, other
 :class:`~flnode.errors.FLNodeError` become ``-32000`` with their message (they are written for
 people), and anything else is logged with its traceback and answered with ``-32603``.
+
+A call that runs longer than ``call_timeout_s`` is cancelled and answered with ``-32003``. Trio
+delivers a cancellation only where the handler waits, so a handler that never waits (no ``await``,
+``async with`` or ``async for`` in its body, like ``node_info``) cannot be cancelled at all; its
+call skips the deadline scope, which is most of the dispatcher's own cost per call.
 """
 
 from __future__ import annotations
 
+import dis
+import inspect
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -100,6 +107,7 @@ class Dispatcher:
         self.max_batch = max_batch
         self.call_timeout_s = call_timeout_s
         self.stats = stats or ApiStatistics()
+        self._may_wait: dict[Any, bool] = {}  # by handler; see handler_may_wait
 
     async def handle_frame(self, frame: str | bytes, session: Session) -> str | None:
         """The reply to one frame, or None when nothing is to be sent (notifications only)."""
@@ -190,13 +198,21 @@ class Dispatcher:
         params = validate_params(method, raw_params)
         self.stats.calls[name] += 1
         set_current_session(session)
+        handler = method.handler
+        may_wait = self._may_wait.get(handler)
+        if may_wait is None:
+            may_wait = self._may_wait[handler] = handler_may_wait(handler)
         try:
-            # A bare deadline scope rather than trio.fail_after: same effect, without the
-            # generator-based context manager around it (measurably cheaper per call).
-            with trio.CancelScope(deadline=trio.current_time() + self.call_timeout_s) as scope:
-                result = await method.handler(params)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError
+            if may_wait:
+                # A bare deadline scope rather than trio.fail_after: same effect, without the
+                # generator-based context manager around it.
+                with trio.CancelScope(deadline=trio.current_time() + self.call_timeout_s) as scope:
+                    result = await handler(params)
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError
+            else:
+                # It runs to its end without a checkpoint: no deadline could cancel it.
+                result = await handler(params)
             return _dumps(_jsonable(result))  # encoded here, so a failure is an error reply
         except RpcError:
             raise
@@ -211,6 +227,36 @@ class Dispatcher:
             raise RpcError(
                 INTERNAL_ERROR, f"internal error in {name}: {type(exc).__name__} (see the node log)"
             ) from None
+
+
+#: The instructions through which a coroutine can suspend (await, async for, async with), in
+#: the Python versions we run on; a coroutine whose code has none of them never reaches a trio
+#: checkpoint, so it runs to its end in one step and no cancellation can reach it.
+_SUSPENDING_OPS = frozenset(
+    {
+        "YIELD_VALUE",
+        "YIELD_FROM",
+        "SEND",
+        "GET_AWAITABLE",
+        "GET_AITER",
+        "GET_ANEXT",
+        "END_ASYNC_FOR",
+        "BEFORE_ASYNC_WITH",
+        "SETUP_ASYNC_WITH",
+    }
+)
+
+
+def handler_may_wait(handler: Any) -> bool:
+    """False only for an ``async def`` function whose body has no await, async for or async with.
+
+    Anything else (a partial, an object with ``__call__``, a function that returns an awaitable,
+    a decorated handler whose wrapper awaits) counts as possibly waiting.
+    """
+    code = getattr(handler, "__code__", None)
+    if code is None or not code.co_flags & inspect.CO_COROUTINE:
+        return True
+    return any(ins.opname in _SUSPENDING_OPS for ins in dis.get_instructions(code))
 
 
 #: What a method without parameters gets when called without any (frozen, so it can be shared).

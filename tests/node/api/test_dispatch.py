@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from typing import Any
 
 import pytest
 import trio
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import Field
 
 from flnode.api.builtin import builtin_methods
-from flnode.api.dispatch import Dispatcher
+from flnode.api.dispatch import Dispatcher, handler_may_wait
 from flnode.api.registry import MethodRegistry
 from flnode.api.session import Session
 from flnode.errors import FLNodeError
@@ -97,6 +99,68 @@ async def test_handler_failures_map_to_codes() -> None:
     timeout = (await _call("test_slow"))["error"]
     assert timeout["code"] == -32003 and "0.2 s" in timeout["message"]
     assert (await _call("test_set"))["error"]["code"] == -32603
+
+
+async def test_call_timeout_reaches_only_handlers_that_wait() -> None:
+    """A deadline cancels at a checkpoint; a handler that never waits runs to its end."""
+    import time
+
+    async def busy(p: NoParams) -> str:
+        end = time.monotonic() + 0.3  # longer than call_timeout_s, without a checkpoint
+        while time.monotonic() < end:
+            pass
+        return "done"
+
+    async def waits(p: NoParams) -> str:
+        await trio.sleep(0.3)
+        return "done"
+
+    dispatcher = Dispatcher(MethodRegistry(), call_timeout_s=0.2)
+    dispatcher.registry.add_provider(
+        StaticProvider("t", (RpcMethod("t_busy", busy, "x"), RpcMethod("t_waits", waits, "x")))
+    )
+    session = Session("t", authenticated=True)
+    for method, expected in (("t_busy", {"result": "done"}), ("t_waits", {"code": -32003})):
+        frame = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method})
+        reply = json.loads(await dispatcher.handle_frame(frame, session) or "")
+        assert expected.items() <= {**reply, **reply.get("error", {})}.items()
+
+
+def test_handler_may_wait() -> None:
+    async def plain(p: object) -> int:
+        return 1
+
+    async def awaits(p: object) -> None:
+        if p:
+            await trio.sleep(0)
+
+    async def with_block(p: object) -> None:
+        async with trio.open_nursery():
+            pass
+
+    async def for_loop(p: Any) -> None:
+        async for _ in p:
+            pass
+
+    async def comprehension(p: Any) -> list[object]:
+        return [x async for x in p]
+
+    def returns_awaitable(p: object) -> Any:
+        return plain(p)
+
+    class Methods:
+        async def plain(self, p: object) -> int:
+            return 2
+
+        async def awaits(self, p: object) -> None:
+            await trio.sleep(0)
+
+    assert not handler_may_wait(plain) and not handler_may_wait(Methods().plain)
+    for handler in (
+        awaits, with_block, for_loop, comprehension, returns_awaitable,
+        functools.partial(plain), Methods().awaits,
+    ):  # fmt: skip
+        assert handler_may_wait(handler), handler
 
 
 async def test_methods_without_params_take_none() -> None:
