@@ -24,7 +24,7 @@ per client, 10 x 5,950 images), ``--rounds`` rounds, every client in every round
   miners, one device per client, no edge), the task published with ``task_create``.
 
 Measured per engine, with a sampler reading every process of the run (all descendants of this
-process) every 0.25 s:
+process) every 0.2 s:
 
 * per round: ``wall_s`` (Flower: the ServerApp sends the round's messages → the aggregate is made;
   flnode: a miner sees the round open → sees its commit, the critical path of
@@ -98,7 +98,7 @@ TARGETS = {
 class Sampler:
     """Every ``interval`` s: the RSS and CPU times of all descendants of this process."""
 
-    def __init__(self, interval: float = 0.25, threads: bool = False) -> None:
+    def __init__(self, interval: float = 0.2, threads: bool = False) -> None:
         import psutil
 
         self._psutil = psutil
@@ -165,11 +165,17 @@ class Sampler:
         """CPU seconds of ``pid``'s busiest thread between two moments (its training thread,
         when it trains: torch runs on one thread there)."""
         deltas = [
-            _interpolate(samples, end) - _interpolate(samples, start)
+            # A thread first seen after ``start`` was made for the job (flnode trains on a fresh
+            # thread): it had used no CPU at ``start``.
+            _interpolate(samples, end)
+            - (0.0 if samples[0][0] > start else _interpolate(samples, start))
             for (p, _tid), samples in self.thread_cpu.items()
             if p == pid and samples[0][0] <= end and samples[-1][0] >= start
         ]
         return max(deltas) if deltas else None
+
+    def thread_count(self, pid: int) -> int:
+        return sum(1 for p, _tid in self.thread_cpu if p == pid)
 
 
 def _interpolate(samples: list[tuple[float, float]], t: float) -> float:
@@ -514,6 +520,7 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
         launched = time.time()
         await up(network, timeout_s=600.0)
         log(f"[flnode] {len(network.nodes)} processes up in {time.time() - launched:.1f} s")
+        pids.update({n.name: node_pid(network, n.name) for n in network.nodes})
         try:
             result = await run_task(
                 network, spec, timeout_s=600.0 + 180.0 * args.rounds * max(1, args.clients // 4)
@@ -539,10 +546,9 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
         async with ApiClient.open(endpoint(net, name)) as client:
             return await client.call("round_status", {"task": task}, timeout=30.0)
 
-    pids = {n.name: node_pid(network, n.name) for n in network.nodes}
+    pids: dict[str, int | None] = {}
     with Sampler(threads=True) as sampler:
         report, miner_record, devices, launched = trio.run(main)
-        pids.update({n.name: node_pid(network, n.name) for n in network.nodes if pids[n.name]})
     miner_rounds = sorted(miner_record.get("rounds", []), key=lambda r: int(r["round"]))
     rounds = []
     for mr in miner_rounds:
@@ -550,7 +556,7 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
         opened, committed = mr.get("seen_open_at"), mr.get("commit_seen_at")
         if opened is None or committed is None:
             continue
-        train_cpu, train_wall, process_cpu = [], [], []
+        train_cpu, train_wall, process_cpu, detail = [], [], [], []
         for name, recs in devices.items():
             r = recs.get(str(rnd))
             if not r or r.get("training_started_at") is None or "train_s" not in r:
@@ -565,8 +571,19 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
             train_cpu.append(thread if thread is not None else wall)
             process_cpu.append(whole if whole is not None else wall)
             train_wall.append(wall)
+            detail.append(
+                {
+                    "device": name,
+                    "pid": pid,
+                    "train_wall_s": round(wall, 3),
+                    "thread_cpu_s": None if thread is None else round(thread, 3),
+                    "process_cpu_s": None if whole is None else round(whole, 3),
+                    "threads": None if pid is None else sampler.thread_count(pid),
+                }
+            )
         row = round_record(rnd + 1, committed - opened, train_cpu, args.clients, None, train_wall)
         row["train_process_cpu_s"] = round(sum(process_cpu), 3)
+        row["devices"] = detail
         rounds.append(row)
     if not rounds:
         raise RuntimeError("the devnet's round records carry no timings")

@@ -3,9 +3,11 @@
 Node config: ``partition-id`` (the shard) and ``num-partitions``, as Flower's simulation engine
 sets them and as ``bench/vs_flower.py`` passes to each SuperNode; the run config's ``num-shards``,
 when not 0, replaces ``num-partitions`` (smaller shards for ``--quick``). The learner
-(DP-SGD engine and noise calibration) is kept per process between rounds; Flower's deployment
-engine starts a new ClientApp process for every message, so there it is rebuilt each round, and
-its CPU time is reported as ``setup-cpu-s`` apart from the training's ``train-cpu-s``.
+(DP-SGD engine and noise calibration) is kept per process and shard between rounds, as a flnode
+device keeps it: a simulation-engine actor builds it once for each shard it serves, while
+Flower's deployment engine starts a new ClientApp process for every message, so there it is
+rebuilt each round. Its CPU time is reported as ``setup-cpu-s``, apart from the training's
+``train-cpu-s`` (CPU time of the thread that trains).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ def _learner(context: Context) -> tuple[DeviceLearner, Any, float]:
     cpu0 = bench_task.cpu_s()
     learner = bench_task.make_learner(cfg, index)
     setup = bench_task.cpu_s() - cpu0
-    _LEARNERS.clear()  # one device per process at a time keeps memory flat
     _LEARNERS[key] = learner
     return learner, cfg, setup
 
