@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from ..api import ApiClient
+from ..api.client import ApiConnectionError
 from ..rpc import RpcError
 from .errors import DevnetError
 from .network import Network
@@ -154,7 +155,7 @@ async def _status_from_any_miner(network: Network, miners: list[str], task: int)
             continue
         try:
             return await _call(network, name, "round_status", {"task": task})
-        except (RpcError, OSError, trio.TooSlowError) as exc:
+        except (RpcError, ApiConnectionError, OSError, trio.TooSlowError) as exc:
             last = exc
     raise DevnetError(f"no miner answers round_status for task {task}: {last}")
 
@@ -180,7 +181,7 @@ async def _complete_miner_record(
                     continue
                 try:
                     status = await _call(network, name, "round_status", {"task": task})
-                except (RpcError, OSError, trio.TooSlowError):
+                except (RpcError, ApiConnectionError, OSError, trio.TooSlowError):
                     continue
                 record = status.get("records", {}).get("miner", {})
                 if score(record) > score(best):
@@ -227,7 +228,7 @@ async def _assemble(
                     (r["refused"] for r in device_rounds[node.name].values() if "refused" in r),
                     None,
                 )
-        except (RpcError, OSError, trio.TooSlowError) as exc:
+        except (RpcError, ApiConnectionError, OSError, trio.TooSlowError) as exc:
             info["error"] = str(exc)
         nodes[node.name] = info
     by_address = {n.address.lower(): n.name for n in network.nodes}

@@ -93,6 +93,7 @@ class MinerRole:
         self._evaluated: set[tuple[int, int]] = set()
         self._locks: dict[int, trio.Lock] = {}
         self._unusable: dict[int, str] = {}
+        self._backfilled: set[int] = set()
         self.fault = ctx.config.federation.fault == "wrong-aggregate"
 
     # -- the consensus hooks ------------------------------------------------------------------
@@ -296,6 +297,11 @@ class MinerRole:
                 if task.id in self._rounds:
                     await self._committed(task.id)
                     self._rounds.pop(task.id, None)
+                elif task.id not in self._backfilled and task.id not in self._unusable:
+                    # Finished while this miner was down: record what it missed, if its committee.
+                    self._backfilled.add(task.id)
+                    if await self._is_member(task.id):
+                        await self._backfill(task.id, task.spec, task.owner, task.rounds)
                 continue
             if task.id in self._unusable:
                 continue
@@ -327,6 +333,9 @@ class MinerRole:
             if state is not None:
                 await self._committed(task_id)
             spec = await self.ctx.spec(view.task.spec, prefer=[view.task.owner])
+            if state is None and task_id not in self._backfilled:
+                self._backfilled.add(task_id)
+                await self._backfill(task_id, view.task.spec, view.task.owner, view.round)
             state = _Round(task_id, view.round, spec, view.task.model, view.opened_at)
             self._rounds[task_id] = state
             self.ctx.publish(
@@ -477,6 +486,33 @@ class MinerRole:
         self._evaluated.add((task_id, state.round))
         self._start(self._record_round, state)
 
+    async def _backfill(self, task_id: int, spec_cid: Cid, owner: str, before: int) -> None:
+        """Record the rounds below ``before`` that were committed while this miner was not
+        following the task (it was down, or started late) and that its records lack: each
+        committed model is fetched (and pinned, so this miner serves it too) and evaluated."""
+        record = self.ctx.read_record(f"task-{task_id}")
+        done = {int(r["round"]) for r in record.get("rounds", []) if r.get("accuracy") is not None}
+        history = await self.ctx.chain.run_sync(
+            ledgerview.round_history, self.ctx.chain.chain, self.ctx.contract, task_id
+        )
+        missing = [h for h in history if int(h["round"]) < before and int(h["round"]) not in done]
+        if not missing:
+            return
+        spec = await self.ctx.spec(spec_cid, prefer=[owner])
+        self.log.info(
+            "recording rounds committed while away",
+            task=task_id,
+            rounds=[int(h["round"]) for h in missing],
+        )
+        for h in missing:
+            key = (task_id, int(h["round"]))
+            if key in self._evaluated:
+                continue
+            self._evaluated.add(key)
+            past = _Round(task_id, int(h["round"]), spec, Cid.parse(str(h["aggregate"])), 0)
+            past.commit_seen_at = time.time()
+            self._start(self._record_round, past)
+
     async def _record_round(self, state: _Round) -> None:
         history = await self.ctx.chain.run_sync(
             ledgerview.round_history, self.ctx.chain.chain, self.ctx.contract, state.task
@@ -505,7 +541,7 @@ class MinerRole:
         rounds.append(
             {
                 **entry,
-                "opened_at": state.opened_at,
+                "opened_at": state.opened_at or None,  # 0: a round recorded after the fact
                 "accuracy": accuracy,
                 "loss": loss,
                 "accepted_devices": list(decision.accepted) if decision and mine else None,
