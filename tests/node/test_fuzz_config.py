@@ -154,7 +154,7 @@ def load_or_error(datadir: Path, env: dict[str, str] | None = None) -> NodeConfi
     return cfg
 
 
-@fuzz(200)
+@fuzz(120)
 @given(documents)
 def test_any_config_file_loads_or_raises_config_error(text: str) -> None:
     with datadir_with(text) as datadir:
@@ -182,7 +182,7 @@ _env_values = (
 )
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.dictionaries(_env_names, _env_values, max_size=4))
 def test_any_environment_loads_or_raises_config_error(env: dict[str, str]) -> None:
     env = {k: v.replace("\x00", "") for k, v in env.items()}
@@ -240,7 +240,7 @@ json_values = st.recursive(
 )
 
 
-@fuzz(200)
+@fuzz(100)
 @given(json_values)
 def test_strict_json_round_trips_ordinary_documents(value: Any) -> None:
     assert loads_strict(json.dumps(value)) == value
@@ -255,7 +255,7 @@ def _text_mutations(draw: st.DrawFn) -> str:
     return text
 
 
-@fuzz(200)
+@fuzz(120)
 @given(
     st.text(max_size=60)
     | st.binary(max_size=60)

@@ -190,7 +190,7 @@ def _pool_state(chain: Chain) -> tuple[Any, ...]:
     )
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.lists(mutated_tx() | st.binary(max_size=60) | st.sampled_from(TXS), max_size=4))
 def test_any_transaction_bytes_are_added_or_rejected_without_a_trace(txs: list[bytes]) -> None:
     global POOL_CHAIN

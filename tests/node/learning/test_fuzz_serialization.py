@@ -155,7 +155,7 @@ def crafted(draw: st.DrawFn) -> bytes:
     return _frame(text, body, length)
 
 
-@fuzz(300)
+@fuzz(150)
 @given(crafted())
 def test_crafted_headers_only_raise_weights_format_error(data: bytes) -> None:
     read(data)
@@ -202,7 +202,7 @@ def mutated_update(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@fuzz(200)
+@fuzz(150)
 @given(mutated_update())
 def test_mutated_update_is_refused_or_still_matches_the_spec(data: bytes) -> None:
     out = read(data, expected=HEAD_SPECS, max_bytes=HEAD_LIMIT)

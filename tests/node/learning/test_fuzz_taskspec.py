@@ -82,7 +82,7 @@ def test_the_examples_load() -> None:
         assert isinstance(load_task_spec(text.encode()), LearningTaskSpec)
 
 
-@fuzz(200)
+@fuzz(120)
 @given(mutated_doc() | mutated_text() | st.binary(max_size=120))
 def test_any_spec_bytes_load_or_raise_task_spec_error(raw: bytes) -> None:
     try:

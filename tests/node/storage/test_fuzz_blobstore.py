@@ -67,11 +67,11 @@ _ops = st.lists(
         st.tuples(st.just("corrupt"), st.integers(0, 7)),
         st.tuples(st.just("gc"), st.integers(0, 4 * MAX)),
     ),
-    max_size=12,
+    max_size=10,
 )
 
 
-@fuzz(150)
+@fuzz(80)
 @given(_ops)
 def test_the_store_raises_only_its_errors_and_agrees_with_a_dict(
     ops: list[tuple[str, Any]],

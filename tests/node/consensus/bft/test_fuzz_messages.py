@@ -160,7 +160,7 @@ _rlp_items = st.recursive(
 )
 
 
-@fuzz(300)
+@fuzz(200)
 @given(
     mutated_message()
     | st.binary(max_size=100)
