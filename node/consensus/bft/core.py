@@ -12,8 +12,9 @@ Algorithm 1, with these choices:
 
 * **Leader** of (height, round): the member with the lowest sortition priority
   (:mod:`.sortition`). Credentials cannot be computed by others, so every member reveals its
-  credential when it enters a round; a member proposes once it has seen 2f+1 credentials (its
-  own included) and its own is the lowest, and a node prevotes for the proposal whose credential
+  credential when it enters a round, and round 0's as soon as the height begins (even while idle,
+  so that the leader is known before the first transaction arrives and proposes at once); a
+  member proposes once it has seen 2f+1 credentials (its own included) and its own is the lowest, and a node prevotes for the proposal whose credential
   is the lowest it knows. Nodes may disagree about the leader when credentials arrive late; that
   costs a round at worst, never safety (Tendermint's safety does not depend on who proposes).
 * **Locking** exactly as Tendermint: precommit only after 2f+1 prevotes for a block in this
@@ -341,6 +342,11 @@ class Agreement:
         )
         if has_work:
             self._start_round(0)
+        else:
+            # Idle until a transaction arrives, but reveal round 0's credential now: when work
+            # comes, every member already knows who leads and the leader proposes at once,
+            # instead of a credential exchange (a gossip hop, and a wait for the last ones).
+            self._reveal(0)
         for message, origin in self._future.pop(ctx.height, []):
             self._handle(message, origin)
         self._progress()
@@ -467,8 +473,11 @@ class Agreement:
         except InvalidConsensusMessage as exc:
             self._offence(origin, exc.reason, exc.detail)
             return
-        if accepted and not self.started:
-            self._start_round(0)  # someone has work at this height: join in
+        revealed_early = isinstance(message, Credential) and message.round == 0
+        if accepted and not self.started and not revealed_early:
+            # Someone has work at this height: join in. (Round 0's credentials are revealed
+            # when a height begins, work or not, so they say nothing about work.)
+            self._start_round(0)
 
     def _member(self, signer: str, what: str) -> None:
         assert self.ctx is not None
@@ -565,18 +574,24 @@ class Agreement:
         self.round = round_
         self.step = Step.PROPOSE
         self.stats.rounds_started += 1
-        if self.is_member:
-            credential = self.signer.credential(self.ctx.seed, self.height, round_)
-            self._note_credential(round_, self.address, credential)
-            message = Credential(self.height, round_, credential)
-            self._credentials[round_][self.address] = message
-            self._send(message)
+        self._reveal(round_)
         if self.is_member:
             self._schedule(TimeoutKind.LONE_LEADER, round_)
         if ("rebroadcast", 0) not in self._fired:
             self._fired.add(("rebroadcast", 0))
             self._schedule(TimeoutKind.REBROADCAST, round_)
         self._schedule(TimeoutKind.PROPOSE, round_)
+
+    def _reveal(self, round_: int) -> None:
+        """Send this member's credential for ``round_`` of the height (once)."""
+        assert self.ctx is not None
+        if not self.is_member or self.address in self._credentials[round_]:
+            return
+        credential = self.signer.credential(self.ctx.seed, self.height, round_)
+        self._note_credential(round_, self.address, credential)
+        message = Credential(self.height, round_, credential)
+        self._credentials[round_][self.address] = message
+        self._send(message)
 
     def _schedule(self, kind: TimeoutKind, round_: int) -> None:
         self._out.append(
