@@ -54,7 +54,13 @@ Summary (``steady`` = median over rounds after the first, or round 1 when there 
 0.1x deployment, start-up < 20 s, memory ≤ 0.5x deployment, total ≤ simulation engine). Privacy:
 both sides run the same DP-SGD (flnode's code); Flower's own DP wrappers are not used, and Flower
 runs without TLS (``--insecure``) while flnode's devnet encrypts and signs every message and keeps
-a chain. Writes ``bench/results/vs_flower.json`` (``--quick``: ``vs_flower_quick.json``).
+a chain. Writes ``bench/results/vs_flower.json`` (``--quick``: ``vs_flower_quick.json``, not a
+result to keep) and prints a table.
+
+The model is flnode's ``dp-cnn`` (26k parameters), not the 1.2M-parameter CNN of the reference
+numbers quoted in issue #11 (Flower's deployment engine: 21-33 s overhead per round, 77 s start-up,
+8.2 GiB); the ratios are between engines measured here, in one run, on the same task. Run it on a
+quiet machine: every engine shares the cores with whatever else runs (``load_average_before``).
 """
 
 from __future__ import annotations
@@ -613,6 +619,17 @@ def _pid_of(name: str, pids: dict[str, int | None], sampler: Sampler) -> int | N
     return None
 
 
+def _model_parameters() -> int:
+    from flnode.learning.dp_simulation import model_spec_for
+    from flnode.learning.models import build_model
+
+    sys.path.insert(0, str(APP_DIR))
+    import bench_task
+
+    model = build_model(model_spec_for(bench_task.config(2, 1)))
+    return sum(p.numel() for p in model.parameters())
+
+
 # --------------------------------------------------------------------------------------------------
 # Summary
 
@@ -773,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
             "flnode_miners": args.miners,
             "task": "flnode's default devnet task (MNIST, dp-cnn, IID, 500 public images, "
             "1 local epoch) with rule fedavg on both sides",
+            "model": {"arch": "dp-cnn", "parameters": _model_parameters()},
             "privacy": {
                 "flnode": "DP-SGD on every device, per-sample epsilon = 10, delta = 1e-5 for the "
                 "whole task (RDP), clip 0.1; libp2p-encrypted, signed messages; chain",
