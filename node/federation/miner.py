@@ -89,7 +89,8 @@ class MinerRole:
         self._rounds: dict[int, _Round] = {}
         self._views: dict[int, ledgerview.RoundView] = {}
         self._nursery: trio.Nursery | None = None
-        self._limiter = trio.CapacityLimiter(1)
+        self._limiter = trio.CapacityLimiter(1)  # evaluations, one at a time, low priority
+        self._judge_limiter = trio.CapacityLimiter(1)
         self._evaluated: set[tuple[int, int]] = set()
         self._locks: dict[int, trio.Lock] = {}
         self._unusable: dict[int, str] = {}
@@ -451,8 +452,10 @@ class MinerRole:
                     max_update_norm=spec.round.max_update_norm,
                 )
 
-            async with self._limiter:
-                decision = await run_low_priority(judge)
+            # At normal priority and never behind an evaluation: judging is short (tens of ms)
+            # and every round waits for it, while evaluating the last model can wait.
+            async with self._judge_limiter:
+                decision = await trio.to_thread.run_sync(judge)
             weights = decision.weights
             if self.fault:
                 weights = await trio.to_thread.run_sync(_perturb, cfg, weights)
