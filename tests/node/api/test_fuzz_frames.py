@@ -284,7 +284,7 @@ def test_deeply_nested_frame_cannot_kill_a_node_with_a_ledger() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="node/api/server.py ApiService._serve/serve_one: the RecursionError of a nested "
+    reason="node/api/server.py ApiService._serve (the per-frame task): the RecursionError of a nested "
     "frame propagates through the connection's nursery and stops the whole node; see "
     "docs/fuzzing.md",
 )
