@@ -18,8 +18,10 @@ per client, 10 x 5,950 images), ``--rounds`` rounds, every client in every round
   ``partition-id``/``num-partitions``), and ``flwr run bench/flower_app`` (the ServerApp and
   ClientApp in ``bench/flower_app/``, whose clients train with flnode's own
   :class:`~flnode.learning.federated.DeviceLearner`, so the training is identical);
-* ``simulation``: Flower's simulation engine (``flwr.simulation.run_simulation``, ray backend,
-  1 CPU per client so that ray runs as many clients at once as there are cores), same app;
+* ``simulation``: Flower's simulation engine as ``flwr run`` drives it in 1.42: a SuperLink
+  started with ``--simulation`` (no SuperNodes; it runs ``flwr-simulation`` on ray) with
+  ``num-supernodes`` = clients and 1 CPU per client, so that ray runs as many clients at once as
+  there are cores; same app (``--simulation-api python``: ``flwr.simulation.run_simulation``);
 * ``flnode``: a flnode devnet of real ``flnode start`` processes (1 manufacturer, ``--miners`` 4
   miners, one device per client, no edge), the task published with ``task_create``.
 
@@ -312,7 +314,14 @@ def _wait_for_record(out: Path, procs: list[subprocess.Popen[bytes]], timeout: f
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each process group we started, then SIGKILL what is left after 10 s."""
+    """SIGTERM each process group we started, then SIGKILL what is left of them and of their
+    descendants (ray starts its own) after 10 s."""
+    import psutil
+
+    descendants = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            descendants += psutil.Process(p.pid).children(recursive=True)
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -323,6 +332,10 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)  # the group: superexec and app processes too
+    _gone, alive = psutil.wait_procs(descendants, timeout=5.0)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def _flower_rounds(record: dict[str, Any], clients: int) -> list[dict[str, Any]]:
@@ -343,15 +356,33 @@ def _flower_rounds(record: dict[str, Any], clients: int) -> list[dict[str, Any]]
     return rows
 
 
-def run_deployment(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) -> dict:
+def run_deployment(
+    args: argparse.Namespace,
+    workdir: Path,
+    log: Callable[[str], None],
+    *,
+    simulation: bool = False,
+) -> dict:
+    """Flower's deployment engine, or with ``simulation`` its simulation engine the way ``flwr
+    run`` drives it in 1.42: a SuperLink started with ``--simulation`` (which runs the app on ray
+    through ``flwr-simulation``) and no SuperNodes."""
+    engine = "simulation" if simulation else "deployment"
     home = workdir / "flwr-home"
     home.mkdir(parents=True)
     port = _free_port()
-    (home / "config.toml").write_text(
+    connection = (
         f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\n'
         "insecure = true\n"
     )
-    out = workdir / "deployment.json"
+    if simulation:  # deprecated in favour of --federation-config, but what 1.42 documents
+        connection += (
+            f"options.num-supernodes = {args.clients}\n"
+            "options.backend.client-resources.num-cpus = 1\n"
+            "options.backend.client-resources.num-gpus = 0\n"
+            f"options.backend.init-args.num-cpus = {os.cpu_count() or 1}\n"
+        )
+    (home / "config.toml").write_text(connection)
+    out = workdir / f"{engine}.json"
     env = _flower_env(home)
     logs = workdir / "logs"
     logs.mkdir()
@@ -376,13 +407,14 @@ def run_deployment(args: argparse.Namespace, workdir: Path, log: Callable[[str],
                     str(VENV_BIN / "flower-superlink"),
                     "--insecure",
                     "--disable-runtime-dependency-installation",
+                    *(["--simulation"] if simulation else []),
                     "--host",
                     "127.0.0.1",
                     "--port",
                     str(port),
                 ],
             )
-            for i in range(args.clients):
+            for i in range(0 if simulation else args.clients):
                 spawn(
                     f"supernode-{i}",
                     [
@@ -410,13 +442,21 @@ def run_deployment(args: argparse.Namespace, workdir: Path, log: Callable[[str],
                 time.sleep(1.0)
             if submitted is None:
                 raise RuntimeError(f"`flwr run` failed: {res.stdout[-500:]} {res.stderr[-500:]}")
-            log(f"[deployment] run submitted after {submitted - launched:.1f} s")
+            log(f"[{engine}] run submitted after {submitted - launched:.1f} s")
             record = _wait_for_record(out, procs, 900.0 + 300.0 * args.rounds)
         finally:
             _stop(procs)
     rounds = _flower_rounds(record, args.clients)
+    how = (
+        "flower-superlink --insecure --disable-runtime-dependency-installation --simulation, "
+        f"flwr run bench/flower_app with num-supernodes = {args.clients}, ray backend, "
+        "client-resources num-cpus = 1"
+        if simulation
+        else "flower-superlink --insecure --disable-runtime-dependency-installation, "
+        f"{args.clients} flower-supernode, flwr run bench/flower_app"
+    )
     return engine_record(
-        "flower-deployment",
+        f"flower-{engine}",
         launched=launched,
         first_open=record["rounds"][0]["opened_at"],
         last_close=record["rounds"][-1]["closed_at"],
@@ -424,8 +464,7 @@ def run_deployment(args: argparse.Namespace, workdir: Path, log: Callable[[str],
         sampler=sampler,
         accuracy=record.get("final_accuracy"),
         extra={
-            "how": "flower-superlink --insecure --disable-runtime-dependency-installation, "
-            f"{args.clients} flower-supernode, flwr run bench/flower_app",
+            "how": how,
             "public_only_accuracy": record.get("public_only_accuracy"),
             "publish_s": round(record.get("publish_s", 0.0), 2),
             "run_submitted_s": round(submitted - launched, 2),
@@ -437,6 +476,11 @@ def run_deployment(args: argparse.Namespace, workdir: Path, log: Callable[[str],
 def run_simulation_engine(
     args: argparse.Namespace, workdir: Path, log: Callable[[str], None]
 ) -> dict:
+    """Flower's simulation engine: ``flwr run`` on a simulation SuperLink (the default), or
+    ``--simulation-api python``: ``flwr.simulation.run_simulation`` in a child process
+    (deprecated in 1.42, the same ray engine without a SuperLink)."""
+    if args.simulation_api == "flwr-run":
+        return run_deployment(args, workdir, log, simulation=True)
     home = workdir / "flwr-home-sim"
     home.mkdir(parents=True)
     out = workdir / "simulation.json"
@@ -729,6 +773,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir", type=Path, default=None, help="keep logs and devnet here")
     parser.add_argument("--cooldown", type=float, default=10.0, help="seconds between engines")
+    parser.add_argument(
+        "--simulation-api",
+        choices=("flwr-run", "python"),
+        default="flwr-run",
+        help="drive the simulation engine with `flwr run` on a simulation SuperLink (default) "
+        "or with flwr.simulation.run_simulation",
+    )
     parser.add_argument("--child-simulation", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_simulation:
