@@ -3,7 +3,7 @@
 Run (needs the ``bench`` extra: ``pip install -e '.[bench]'``, which brings ``flwr[simulation]``
 1.42.0 with ray)::
 
-    python -m bench.vs_flower                 # 10 clients, 10 rounds (about 15-25 min on 2 cores)
+    python -m bench.vs_flower                 # 10 clients, 10 rounds (~15-20 min on 2 quiet cores)
     python -m bench.vs_flower --quick         # 2 clients, 1 round, 20 shards (a few minutes)
     python -m bench.vs_flower --clients 10 --rounds 5 --engines flnode deployment
 
@@ -40,7 +40,8 @@ process) every 0.2 s:
   train_cpu_s / min(cores, clients)`` (wall time beyond perfectly parallel training);
   ``setup_cpu_s`` = Flower clients' learner setup CPU (DP-SGD engine, noise calibration): the
   deployment engine starts a new ClientApp process per message, so it is paid every round there,
-  in the simulation engine once per actor, in flnode once per device (in round 1's overhead);
+  in the simulation engine once per actor and shard it serves, in flnode once per device (in
+  round 1's overhead);
 * ``startup_s``: launching the first process → the first round opens (includes pre-training the
   initial model on the public slice, the same work on every engine);
 * ``total_s``: launching the first process → the last round's aggregate;
