@@ -10,6 +10,9 @@ bench.aggregation_vs_flower`` into ``bench/results/aggregation_vs_flower.json``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip(
@@ -18,7 +21,11 @@ pytest.importorskip(
     "check is recorded by `python -m bench.aggregation_vs_flower`",
 )
 
-from bench import aggregation_vs_flower as diff
+ROOT = str(Path(__file__).resolve().parents[3])
+if ROOT not in sys.path:  # `bench` is a folder of the repository, not an installed package
+    sys.path.insert(0, ROOT)
+
+from bench import aggregation_vs_flower as diff  # noqa: E402
 
 
 @pytest.mark.parametrize("case", diff.CASES, ids=lambda c: c.name)
