@@ -17,7 +17,6 @@ and ledger events are decoded by name. Tools that want Ethereum's own encoding u
 from __future__ import annotations
 
 import base64
-import json
 import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from .rpc import (
     StaticProvider,
 )
 from .service import Service
+from .strictjson import loads_strict
 
 if TYPE_CHECKING:
     from .consensus.chain import Chain, Head
@@ -210,7 +210,9 @@ def _safetensors_info(blob: bytes) -> dict[str, Any] | None:
     if size > min(MAX_SAFETENSORS_HEADER, len(blob) - 8):
         return None
     try:
-        header = json.loads(blob[8 : 8 + size].decode("utf-8"))
+        # Blobs come from peers: bounded nesting (json's C scanner recurses, and with py-evm's
+        # recursion limit a deep header would overflow the C stack).
+        header = loads_strict(blob[8 : 8 + size].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
     if not isinstance(header, dict):

@@ -63,6 +63,7 @@ from eth.vm.spoof import SpoofTransaction
 from eth_bloom import BloomFilter
 from eth_hash.auto import keccak
 from eth_keys import keys
+from eth_keys.exceptions import BadSignature
 from eth_utils import ValidationError, to_bytes, to_canonical_address, to_checksum_address
 
 from .abi import decode_revert
@@ -1224,7 +1225,14 @@ class Chain:
         chosen = []
         state = vm.state
         for tx in txs:
-            sender = tx.sender
+            try:
+                sender = tx.sender
+            except (BadSignature, ValidationError, ValueError) as exc:
+                # Never from our mempool (it recovers every sender); from a peer's proposal,
+                # which is then invalid as a whole.
+                raise BlockRejected(
+                    f"transaction 0x{tx.hash.hex()} has an invalid signature: {exc}"
+                ) from None
             expected = nonces.get(sender)
             if expected is None:
                 expected = state.get_nonce(sender)
@@ -1281,7 +1289,7 @@ class Chain:
                 validate_imported_block_unchanged(imported, block)
             chain.validate_block(imported)
             chain.chaindb.persist_block(imported)  # one atomic batch
-        except (ValidationError, rlp.exceptions.RLPException, ValueError) as exc:
+        except (ValidationError, rlp.exceptions.RLPException, ValueError, BadSignature) as exc:
             raise BlockRejected(f"block #{block.number} is invalid: {exc}") from None
         chain.header = chain.ensure_header()  # the pending header MiningChain keeps
         self._head_tx_count = (imported.hash, len(imported.transactions))

@@ -274,6 +274,10 @@ def load_network(path: str | Path) -> NetworkSpec:
         data = loads_strict(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise NetworkFileError(f"{path}: not a valid network file: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise NetworkFileError(
+            f"{path}: not a valid network file: arrays or tables nested too deeply"
+        ) from None
     if not isinstance(data, dict):
         raise NetworkFileError(f"{path}: a network file must be a table/object")
     return parse_network(data, str(path))

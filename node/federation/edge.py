@@ -28,6 +28,7 @@ from libp2p.request_response import (
 from ..learning.federated import network_config, train_offloaded_head
 from ..learning.offload import HeadTrainingJob
 from ..learning.serialization import read_metadata, weights_from_bytes, weights_to_bytes
+from ..strictjson import loads_strict
 from .context import FederationContext, FederationError, run_low_priority
 
 OFFLOAD_PROTOCOL = "/flnode/offload/1.0.0"
@@ -63,7 +64,7 @@ def decode_job(data: bytes) -> tuple[int, HeadTrainingJob]:
     try:
         meta = read_metadata(data)
         tensors = weights_from_bytes(data)
-        settings = json.loads(meta["settings"])
+        settings = loads_strict(meta["settings"])  # bounded nesting: json's C scanner recurses
         task_id = int(meta["task"])
         head = {k: v for k, v in tensors.items() if k.startswith("head.")}
         extra = set(tensors) - set(head) - {"features", "labels"}

@@ -240,6 +240,10 @@ def load_task_spec(source: str | Path | bytes) -> LearningTaskSpec:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TaskSpecError(f"{where} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise TaskSpecError(
+            f"{where} is not valid TOML: arrays or tables nested too deeply"
+        ) from None
     try:
         return LearningTaskSpec.model_validate(doc)
     except ValidationError as exc:

@@ -351,12 +351,6 @@ def test_stored_blob_headers_describe_or_give_none(blob: bytes) -> None:
         json.dumps(info)  # what the API sends back
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/chain_methods.py _safetensors_info (model_get/model_download): json.loads of a "
-    "stored blob's header; with py-evm loaded (always, with a chain) a 1 MiB header of '[' "
-    "overflows the C stack (SIGSEGV); see docs/fuzzing.md",
-)
 def test_a_nested_blob_header_cannot_kill_a_node_serving_model_get() -> None:
     code = (
         "import eth\n"

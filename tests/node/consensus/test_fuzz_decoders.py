@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import eth_keys.exceptions
 import pytest
 import rlp
 import tomli_w
@@ -215,8 +214,6 @@ def test_any_transaction_bytes_are_added_or_rejected_without_a_trace(txs: list[b
 # ---------------------------------------------------------------------------------------------
 
 IMPORTER = fresh_chain()
-KNOWN_OPEN_BUGS = (eth_keys.exceptions.BadSignature,)
-"""Raised by ``Chain.import_block`` where ``BlockRejected`` is due; not fixed here (chain.py)."""
 GENESIS_HEAD = IMPORTER.head()
 
 
@@ -239,16 +236,9 @@ def test_any_block_bytes_are_imported_or_rejected_without_a_trace(raw: bytes) ->
         assert str(exc)
         assert _state(chain) == before
         return
-    except KNOWN_OPEN_BUGS:  # see the xfail tests at the end of this file
-        assert _state(chain) == before
-        return
     # A mutation can leave a valid block (e.g. another extra_data): it is then the new head.
     assert head.number == 1 and head.parent_hash == GENESIS_HEAD.hash
     IMPORTER = fresh_chain()
-
-
-KNOWN_OPEN_BUGS = (eth_keys.exceptions.BadSignature,)
-"""Raised by ``Chain.import_block`` where ``BlockRejected`` is due; not fixed here (chain.py)."""
 
 
 def test_the_unmutated_block_is_imported() -> None:
@@ -355,11 +345,6 @@ def test_a_deeply_nested_json_network_file_is_a_network_file_error() -> None:
         _write(b"[" * 100_000, ".json")()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/consensus/network.py load_network: tomllib's RecursionError escapes (it "
-    "catches ValueError and UnicodeDecodeError only); see docs/fuzzing.md",
-)
 def test_a_deeply_nested_toml_network_file_is_a_network_file_error() -> None:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(1000)  # py-evm sets 100,000; then it takes a 200 KB file, same error
@@ -371,7 +356,7 @@ def test_a_deeply_nested_toml_network_file_is_a_network_file_error() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Found by fuzzing, not fixed here (node/consensus/chain.py is not this change's to edit)
+# Found by fuzzing, fixed in node/consensus/chain.py
 # ---------------------------------------------------------------------------------------------
 
 
@@ -392,11 +377,6 @@ def test_the_mempool_refuses_that_transaction() -> None:
         fresh_chain().mempool.add(TXS[1][:1] + rlp.encode(fields))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/consensus/chain.py Chain.import_block: eth_keys' BadSignature (y-parity 2) "
-    "escapes; it catches ValidationError, RLPException and ValueError only",
-)
 def test_a_block_with_a_bad_signature_is_block_rejected() -> None:
     chain = fresh_chain()
     head = chain.head()
@@ -407,12 +387,6 @@ def test_a_block_with_a_bad_signature_is_block_rejected() -> None:
         assert chain.head() == head
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/consensus/chain.py Chain._fit (via build_block, via ChainLink.validate of a "
-    "proposal): tx.sender raises eth_keys' BadSignature; a member validating such a proposal "
-    "raises out of ConsensusService._validate instead of prevoting nil",
-)
 def test_re_executing_a_proposal_with_a_bad_signature_is_block_rejected() -> None:
     chain = fresh_chain()
     block = chain.decode_block(_block_with_bad_y_parity())

@@ -83,12 +83,6 @@ def test_the_unmutated_job_decodes() -> None:
 
 
 @pytest.mark.slow  # a subprocess importing torch and libp2p: ~15 s on a busy machine
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/federation/edge.py decode_job: json.loads of the job's 'settings' metadata; "
-    "with py-evm loaded (every node with a ledger) deep nesting overflows the C stack (SIGSEGV); "
-    "flnode.strictjson.loads_strict bounds the depth first",
-)
 def test_a_deeply_nested_settings_text_cannot_kill_an_edge() -> None:
     code = (
         "import eth\n"

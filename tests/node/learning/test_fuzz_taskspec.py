@@ -98,11 +98,6 @@ def test_an_oversized_spec_is_refused_before_parsing() -> None:
         load_task_spec(b"#" * (64 * 1024 + 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/learning/taskspec.py load_task_spec: tomllib's RecursionError escapes (it "
-    "catches UnicodeDecodeError and TOMLDecodeError only); see docs/fuzzing.md",
-)
 def test_a_deeply_nested_spec_is_a_task_spec_error() -> None:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(1000)  # py-evm sets 100,000 (a 64 KiB spec then nests too little)
