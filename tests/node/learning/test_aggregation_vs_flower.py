@@ -1,11 +1,9 @@
 """Differential test: flnode's FedAvg, Krum, Multi-Krum, median and trimmed mean against Flower's.
 
 The comparisons, the parameter mapping between the two libraries and the tolerance live in
-``bench/aggregation_vs_flower.py`` (read its docstring); this runs them under pytest. Flower
-(``flwr==1.42.0``) is in the ``bench`` extra only, not in ``dev`` (it would move rich and packaging
-to older versions than the project resolves to), so where it is not installed this module is
-skipped with a reason saying so, and the same check is recorded by ``python -m
-bench.aggregation_vs_flower`` into ``bench/results/aggregation_vs_flower.json``.
+``bench/aggregation_vs_flower.py`` (read its docstring); this runs them under pytest (Flower,
+``flwr==1.42.0``, is a dev dependency for it). ``python -m bench.aggregation_vs_flower`` records
+the same check into ``bench/results/aggregation_vs_flower.json``.
 """
 
 from __future__ import annotations
@@ -14,12 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip(
-    "flwr",
-    reason="Flower is in the bench extra only (pip install -e '.[bench]'); the same differential "
-    "check is recorded by `python -m bench.aggregation_vs_flower`",
-)
 
 ROOT = str(Path(__file__).resolve().parents[3])
 if ROOT not in sys.path:  # `bench` is a folder of the repository, not an installed package
