@@ -109,8 +109,11 @@ async def run_task(
     *,
     timeout_s: float = 1800.0,
     on_progress: Progress | None = None,
+    committee: list[str] | None = None,
 ) -> RunResult:
-    """Publish ``spec_text`` from the devnet's manufacturer and follow it to the end."""
+    """Publish ``spec_text`` from the devnet's manufacturer and follow it to the end.
+
+    ``committee``: node names of the miners that judge the task (default: every active miner)."""
     manufacturers = _names(network, "manufacturer")
     miners = _names(network, "miner")
     if not manufacturers or not miners:
@@ -121,8 +124,11 @@ async def run_task(
     started = time.time()
     progress({"stage": "publishing", "detail": "pre-training on the public slice"})
     try:
+        params: dict[str, Any] = {"spec": spec_text}
+        if committee is not None:
+            params["committee"] = [network.node(name).address for name in committee]
         created = await _call(
-            network, manufacturers[0], "task_create", {"spec": spec_text}, timeout=_CREATE_TIMEOUT_S
+            network, manufacturers[0], "task_create", params, timeout=_CREATE_TIMEOUT_S
         )
     except RpcError as exc:
         raise DevnetError(f"the manufacturer could not publish the task: {exc.message}") from None

@@ -1,6 +1,9 @@
 """The miner's part in training: judge each round, propose its commit, check others' commits.
 
-For every open task whose committee it sits on, a miner follows the ledger head by head:
+For every open task, a miner follows the ledger head by head (proposing is for the task's
+committee only, since the contract takes a ``commitRound`` from them only; judging and checking
+is for every miner, so that a task committee with a faulty majority cannot commit a wrong round
+past a BFT quorum of honest miners):
 
 1. **Collect**: each ``UpdateSubmitted`` of the open round names an update by CID; the miner
    fetches it (from the submitting device first, then any peer) as soon as it appears.
@@ -12,7 +15,7 @@ For every open task whose committee it sits on, a miner follows the ledger head 
    the miner that leads a height puts its own signed ``commitRound`` at the front of its block
    (the contract accepts it only from the block's coinbase); a closable round also wakes an idle
    height, so a round closes on its deadline even when no other transaction is pending.
-4. **Validate**: before prevoting on a proposal, every committee miner recomputes the round
+4. **Validate**: before prevoting on a proposal, every miner recomputes the round
    (the same submissions: the parent block's) and prevotes nil unless the proposal carries the
    same accepted and rejected devices and the same aggregate (equal CID, or equal within
    :data:`~flnode.learning.aggregation.AGGREGATE_TOLERANCE` after fetching it), and unless the
@@ -95,6 +98,7 @@ class MinerRole:
         self._locks: dict[int, trio.Lock] = {}
         self._unusable: dict[int, str] = {}
         self._backfilled: set[int] = set()
+        self._committee_of: dict[int, bool] = {}  # task → whether we sit on its committee
         self.fault = ctx.config.federation.fault == "wrong-aggregate"
 
     # -- the consensus hooks ------------------------------------------------------------------
@@ -104,7 +108,10 @@ class MinerRole:
         # still looks ready until the next refresh, and would ask for an empty block.
         head = self.ctx.chain.latest_head
         return head is not None and any(
-            self._ready(view) and view.head_number == head.number for view in self._views.values()
+            self._ready(view)
+            and view.head_number == head.number
+            and self._committee_of.get(view.task.id, False)
+            for view in self._views.values()
         )
 
     async def transactions(self, head_number: int) -> list[bytes]:
@@ -112,6 +119,8 @@ class MinerRole:
         for task_id, view in list(self._views.items()):
             if view.head_number != head_number or not self._ready(view):
                 continue
+            if not self._committee_of.get(task_id, False):
+                continue  # the contract takes a task's commitRound from its committee only
             state = self._rounds[task_id]
             assert state.decision is not None
             _, decision, cid = state.decision
@@ -169,8 +178,9 @@ class MinerRole:
             rejected = tuple(a.lower() for a in args[4])
             if task_id in self._unusable:
                 continue  # nobody can judge it (its spec is unusable); the contract's rules hold
-            if task_id not in self._views and not await self._is_member(task_id):
-                continue  # not our committee: its members judge it
+            # Every miner checks every commitRound, not only the task committee's members: the
+            # contract accepts one from any committee member, so a task committee whose honest
+            # members are fewer than a BFT quorum would otherwise be at its faulty members' mercy.
             ok = await self._check_commit(
                 task_id, round_, aggregate, accepted, rejected, int(block.header.timestamp)
             )
@@ -179,14 +189,20 @@ class MinerRole:
         return True
 
     async def _is_member(self, task_id: int) -> bool:
+        return bool(await self._membership(task_id))
+
+    async def _membership(self, task_id: int) -> bool | None:
+        """Whether this miner sits on the task's committee (None: the ledger could not say)."""
+
         def read() -> bool:
             committee = self.ctx.contract.committee(self.ctx.chain.chain.call, task_id)
             return self.ctx.address.lower() in {m.lower() for m in committee}
 
         try:
             return await self.ctx.chain.run_sync(read)
-        except Exception:
-            return False
+        except Exception as exc:
+            self.log.warning("cannot read a task's committee", task=task_id, error=repr(exc))
+            return None
 
     async def _check_commit(
         self,
@@ -306,8 +322,10 @@ class MinerRole:
                 continue
             if task.id in self._unusable:
                 continue
-            if task.id not in self._views and not await self._is_member(task.id):
-                continue
+            if task.id not in self._committee_of:
+                member = await self._membership(task.id)
+                if member is not None:  # a task's committee is fixed when it is created
+                    self._committee_of[task.id] = member
             try:
                 await self.refresh_task(task.id)
             except FederationError as exc:  # e.g. its spec cannot be fetched yet: try again later

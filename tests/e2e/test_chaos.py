@@ -66,6 +66,16 @@ async def _train(
         config={"federation": {"shard_count": 40}},  # ~1,500 images per device: quick rounds
     )
     network = prepare(workdir, layout, reset=True)
+    try:
+        return await _train_on(network, devices=devices, rounds=rounds, chaos=chaos)
+    except BaseException:
+        down(network)  # the caller stops it after checking; on a failure here, stop it now
+        raise
+
+
+async def _train_on(
+    network: Network, *, devices: int, rounds: int, chaos: ChaosSettings | None
+) -> tuple[Network, dict[str, Any], ChaosMonkey | None]:
     await up(network, timeout_s=300.0)
     monkey = None if chaos is None else ChaosMonkey(network, chaos)
     spec = _spec(devices, rounds)
