@@ -313,6 +313,17 @@ def _loop_samples(monitor: LoopMonitor) -> Iterable[Sample]:
     yield Sample(
         "flnode_event_loop_lag_max_seconds", "gauge", "Largest event-loop lag seen.", s.max_lag_s
     )
+    # Sampled by the monitor on its tick (the task walk must run on the event loop); the process
+    # figures come from /proc/self and are absent where there is none.
+    p = monitor.process_statistics()
+    for key, name, help_text in (
+        ("tasks", "flnode_trio_tasks", "Live trio tasks in the node process."),
+        ("resident_bytes", "flnode_process_resident_bytes", "Resident memory of the process."),
+        ("open_fds", "flnode_process_open_fds", "Open file descriptors of the process."),
+        ("threads", "flnode_process_threads", "OS threads of the process."),
+    ):
+        if key in p:
+            yield Sample(name, "gauge", help_text, p[key])
 
 
 def _event_samples(bus: EventBus) -> Iterable[Sample]:

@@ -43,7 +43,12 @@ class LoopLagStatistics:
 class LoopMonitor(Service):
     """Warns when the event loop is blocked, e.g. by CPU work that should be in a worker thread.
 
-    Sleeps ``interval_s`` in a loop and measures how much later than asked it wakes up.
+    Sleeps ``interval_s`` in a loop and measures how much later than asked it wakes up. On the same
+    tick it records how the process is doing, for the metrics endpoint and for soak runs
+    (``bench/soak.py``): the number of live trio tasks (a walk of the task tree from the root task,
+    on the event loop itself, so the tree cannot change underneath), and, on Linux, the resident
+    memory, the open file descriptors and the OS threads (from ``/proc/self``; elsewhere these stay
+    ``None`` and are not exported).
     """
 
     name = "loop-monitor"
@@ -54,14 +59,66 @@ class LoopMonitor(Service):
         self._samples = 0
         self._last = 0.0
         self._max = 0.0
+        self._tasks: int | None = None
+        self._process: dict[str, int] = {}
 
     def statistics(self) -> LoopLagStatistics:
         return LoopLagStatistics(self._samples, self._last, self._max)
+
+    def process_statistics(self) -> dict[str, int]:
+        """The last tick's ``tasks``, ``resident_bytes``, ``open_fds`` and ``threads`` (those known)."""
+        out = dict(self._process)
+        if self._tasks is not None:
+            out["tasks"] = self._tasks
+        return out
+
+    @staticmethod
+    def count_tasks() -> int:
+        """Live trio tasks in this run (call from the event loop's thread)."""
+        count = 0
+        stack = [trio.lowlevel.current_root_task()]
+        while stack:
+            task = stack.pop()
+            if task is None:
+                continue
+            count += 1
+            for nursery in task.child_nurseries:
+                stack.extend(nursery.child_tasks)
+        return count
+
+    @staticmethod
+    def read_process() -> dict[str, int]:
+        """Resident bytes, open fds and threads of this process from ``/proc/self`` ({} elsewhere)."""
+        import contextlib
+        import os
+
+        out: dict[str, int] = {}
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                out["resident_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+        with contextlib.suppress(OSError):
+            out["open_fds"] = len(os.listdir("/proc/self/fd"))
+        try:
+            with open("/proc/self/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Threads:"):
+                        out["threads"] = int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+
+    def _sample_process(self) -> None:
+        self._tasks = self.count_tasks()
+        self._process = self.read_process()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .log import get_logger
 
         log = get_logger("flnode.loop")
+        self._sample_process()
         task_status.started()
         while True:
             start = trio.current_time()
@@ -72,3 +129,4 @@ class LoopMonitor(Service):
             self._max = max(self._max, lag)
             if lag > self.warn_lag_s:
                 log.warning("event loop blocked", lag_s=round(lag, 3))
+            self._sample_process()
