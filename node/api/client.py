@@ -2,9 +2,14 @@
 
 ``ApiEndpoint.from_datadir(D)`` finds a running node's URL (``<D>/node.json``) and token
 (``<D>/api.token``). ``ApiClient.open(endpoint)`` connects, authenticates with an ``auth`` call
-(the token stays out of URLs and proxy logs), and runs a reader task that matches replies to calls
-by ``id`` and routes subscription notifications to their :class:`ClientSubscription`, so several
-calls may be in flight at once from different tasks.
+(the token stays out of URLs and proxy logs), matches replies to calls by ``id`` and routes
+subscription notifications to their :class:`ClientSubscription`, so several calls may be in flight
+at once from different tasks.
+
+Who reads the connection: while there is no subscription, a task waiting for a reply reads it
+itself, one such task at a time (the others wait until it hands their reply, or the reading, on),
+so a reply reaches its caller without a hop through another task. The first ``subscribe`` starts a
+reader task that from then on reads everything, since events arrive whether or not a call waits.
 """
 
 from __future__ import annotations
@@ -83,16 +88,30 @@ class ClientSubscription:
         await self.client.unsubscribe(self)
 
 
+class _Waiter:
+    """A call waiting for its reply; ``wake`` is set when the reply (or the reading) is its turn."""
+
+    __slots__ = ("following", "reply", "wake")
+
+    def __init__(self) -> None:
+        self.reply: list[dict[str, Any]] = []
+        self.wake = trio.Event()
+        self.following = False  # waiting on wake while another task reads
+
+
 class ApiClient:
     """An open, authenticated API connection. Use :meth:`open`."""
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    def __init__(self, ws: WebSocketConnection, nursery: trio.Nursery | None = None) -> None:
         self.ws = ws
+        self._nursery = nursery
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[trio.Event, list[dict[str, Any]]]] = {}
+        self._pending: dict[int, _Waiter] = {}
         self._subs: dict[str, tuple[trio.MemorySendChannel[dict], trio.MemoryReceiveChannel[dict]]]
         self._subs = {}
         self._closed: str | None = None
+        self._reading = False  # a caller is reading the connection (see the module docstring)
+        self._reader_started = False  # the reader task reads from now on
 
     @classmethod
     @asynccontextmanager
@@ -117,14 +136,14 @@ class ApiClient:
                 connected = True
                 try:
                     async with trio.open_nursery() as nursery:
-                        client = cls(ws)
-                        nursery.start_soon(client._reader)
+                        client = cls(ws, nursery)
                         try:
                             if endpoint.token is not None and not token_in_url:
                                 await client.call("auth", {"token": endpoint.token})
                             yield client
                         finally:
                             nursery.cancel_scope.cancel()
+                            client._release_all()
                 except BaseExceptionGroup as group:
                     # The caller's own exception (the reader never raises): hand it back as
                     # raised, not wrapped in the group of this context manager's nursery.
@@ -159,26 +178,57 @@ class ApiClient:
         """Send a frame and wait for the reply whose id is ``request_id`` (for odd requests)."""
         if self._closed is not None:
             raise ApiConnectionError(self._closed)
-        done = trio.Event()
-        slot: list[dict[str, Any]] = []
-        self._pending[request_id] = (done, slot)
+        waiter = _Waiter()
+        self._pending[request_id] = waiter
         try:
             await self.ws.send_message(frame)
-            if not done.is_set():
+            if not waiter.reply:
                 # A bare deadline scope rather than trio.fail_after: the same, but cheaper.
                 with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                    await done.wait()
+                    await self._wait_for(waiter)
                 if scope.cancelled_caught:
                     raise ApiConnectionError(f"no reply within {timeout} s")
         except ConnectionClosed as exc:
             raise ApiConnectionError(f"the API connection closed: {exc.reason}") from None
         finally:
             self._pending.pop(request_id, None)
-        if not slot:
+        if not waiter.reply:
             raise ApiConnectionError(self._closed or "the API connection closed")
-        return slot[0]
+        return waiter.reply[0]
+
+    async def _wait_for(self, waiter: _Waiter) -> None:
+        """Until ``waiter`` has its reply or the connection closed; reads when nobody else does."""
+        while not waiter.reply and self._closed is None:
+            if self._reading or self._reader_started:
+                waiter.following = True
+                try:
+                    await waiter.wake.wait()  # the reply, the close, or the reading is ours now
+                finally:
+                    waiter.following = False
+                waiter.wake = trio.Event()
+                continue
+            self._reading = True
+            try:
+                while not waiter.reply and self._closed is None and not self._reader_started:
+                    await self._read_one()
+            finally:
+                self._reading = False
+                # Hand the reading on to a call that waits for it (this one may have been
+                # cancelled or timed out, while others wait for replies only a reader routes).
+                # Not to one still sending: it reads once sent, but its send may wait for the
+                # server, which may wait for the replies nobody would be reading meanwhile.
+                if not self._reader_started:
+                    for other in self._pending.values():
+                        if other.following and not other.reply:
+                            other.wake.set()
+                            break
 
     async def subscribe(self, *events: str) -> ClientSubscription:
+        if not self._reader_started and self._nursery is not None:
+            # Events come whether or not a call waits: a task reads from now on. A caller in
+            # the middle of a read finishes it (receivers are served in order) and then waits.
+            self._reader_started = True
+            self._nursery.start_soon(self._reader)
         result = await self.call("subscribe", {"events": list(events)})
         sid = result["subscription"]
         _, receive = self._channel(sid)
@@ -203,20 +253,31 @@ class ApiClient:
 
     async def _reader(self) -> None:
         try:
-            while True:
-                frame = await self.ws.get_message()
-                try:
-                    message = json.loads(frame)
-                except ValueError:
-                    continue
-                self._route(message)
+            while self._closed is None:
+                await self._read_one()
+        finally:
+            self._release_all()
+
+    async def _read_one(self) -> None:
+        """Read one frame and route it; on a closed connection, wake every waiting call."""
+        try:
+            frame = await self.ws.get_message()
         except ConnectionClosed as exc:
             self._closed = f"the API connection closed: {exc.reason}"
-        finally:
-            for done, _ in self._pending.values():
-                done.set()
-            for send, _ in self._subs.values():
-                send.close()
+            self._release_all()
+            return
+        try:
+            message = json.loads(frame)
+        except ValueError:
+            return
+        self._route(message)
+
+    def _release_all(self) -> None:
+        """Wake every waiting call and end every subscription (the connection is done)."""
+        for waiter in self._pending.values():
+            waiter.wake.set()
+        for send, _ in self._subs.values():
+            send.close()
 
     def _route(self, message: Any) -> None:
         if isinstance(message, list):
@@ -231,16 +292,16 @@ class ApiClient:
             with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                 send.send_nowait(params)
             return
-        pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
-        if pending is not None:
-            pending[1].append(message)
-            pending[0].set()
+        waiter = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        if waiter is not None:
+            waiter.reply.append(message)
+            waiter.wake.set()
         elif message.get("id") is None and "error" in message:
             # An error the server could not tie to a request (parse error, frame too large):
             # wake every caller, since one of them sent the offending frame.
-            for done, slot in list(self._pending.values()):
-                slot.append(message)
-                done.set()
+            for waiter in list(self._pending.values()):
+                waiter.reply.append(message)
+                waiter.wake.set()
 
 
 def _reason(exc: BaseException) -> str:

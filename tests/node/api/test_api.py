@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -143,6 +144,98 @@ async def test_api_client_call_times_out_without_a_reply() -> None:
                     await client.send_raw("{}", 99, timeout=0.1)
             assert not client._pending
         nursery.cancel_scope.cancel()
+
+
+async def _scripted_server(request: Any) -> None:
+    """Replies by method: fast now, slow after 0.5 s, never not at all; subscribe also sends an
+    event; close closes the connection."""
+    ws = await request.accept()
+
+    async def answer(message: dict[str, Any]) -> None:
+        method = message["method"]
+        if method == "slow":
+            await trio.sleep(0.5)
+        if method == "close":
+            await ws.aclose(code=1000, reason="bye")
+            return
+        result: Any = method
+        if method == "subscribe":
+            result = {"subscription": "s1", "events": ["e"]}
+        if method != "never":
+            await ws.send_message(
+                json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
+            )
+        if method == "subscribe":
+            params = {"subscription": "s1", "event": "e", "data": {}}
+            await ws.send_message(
+                json.dumps({"jsonrpc": "2.0", "method": "subscription", "params": params})
+            )
+
+    with contextlib.suppress(ConnectionClosed):
+        async with trio.open_nursery() as nursery:
+            while True:
+                nursery.start_soon(answer, json.loads(await ws.get_message()))
+
+
+@contextlib.asynccontextmanager
+async def _scripted_client() -> Any:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(serve_websocket, _scripted_server, "127.0.0.1", 0, ssl_context=None)
+        )
+        async with ApiClient.open(ApiEndpoint(f"ws://127.0.0.1:{server.port}/", None)) as client:
+            yield client
+        nursery.cancel_scope.cancel()
+
+
+async def test_api_client_concurrent_calls_reading_hand_over_and_close() -> None:
+    async with _scripted_client() as client:
+        order: list[str] = []
+
+        async def call(method: str, timeout: float = 5) -> None:
+            try:
+                order.append(await client.call(method, timeout=timeout))
+            except ApiConnectionError as exc:
+                order.append(f"{method}: {exc}")
+
+        with trio.fail_after(4):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "slow")
+                await trio.sleep(0.05)
+                nursery.start_soon(call, "fast")  # answered while the first call still waits
+            assert order == ["fast", "slow"]
+            order.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "never", 0.2)  # times out while it reads...
+                await trio.sleep(0.05)
+                nursery.start_soon(call, "slow")  # ...and this call reads on: no 5 s wait
+            assert order == ["never: no reply within 0.2 s", "slow"]
+            order.clear()
+            async with trio.open_nursery() as nursery:  # readers leave, by reply or timeout
+                for i in range(60):
+                    method = ("fast", "slow", "never")[i % 3]
+                    nursery.start_soon(call, method, 5 if method == "slow" else 0.1 + i / 200)
+                    if i % 7 == 0:
+                        await trio.sleep(0.01)
+            nevers = [f"never: no reply within {0.1 + i / 200} s" for i in range(2, 60, 3)]
+            assert sorted(order) == sorted(["fast"] * 20 + ["slow"] * 20 + nevers)
+            order.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "slow")
+                nursery.start_soon(call, "never")
+                await trio.sleep(0.05)
+                sub = await client.subscribe("e")  # a reader task takes over from the callers
+                assert (await sub.next(timeout=2))["event"] == "e"
+                while not order:
+                    await trio.sleep(0.01)
+                nursery.start_soon(call, "close")  # the server closes: every waiting call ends
+            assert order[0] == "slow" and sorted(order[1:]) == [
+                "close: the API connection closed: CloseReason<code=1000, name=NORMAL_CLOSURE, reason=bye>",
+                "never: the API connection closed: CloseReason<code=1000, name=NORMAL_CLOSURE, reason=bye>",
+            ]
+            with pytest.raises(ApiConnectionError, match="closed"):
+                await client.call("fast")
+            assert [e async for e in sub] == []  # the subscription ended with the connection
 
 
 # -- node_* methods ---------------------------------------------------------------------------
