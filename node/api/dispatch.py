@@ -42,6 +42,7 @@ from ..rpc import (
     RpcError,
     RpcMethod,
 )
+from ..strictjson import MAX_DEPTH, nesting_depth
 from .registry import MethodRegistry
 from .session import Session, set_current_session
 
@@ -123,8 +124,13 @@ class Dispatcher:
             )
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
+            # json's C scanner recurses once per level, and under py_ecc's recursion limit (any
+            # node with a ledger) a frame of "[[[[…" overflows the C stack: bound the depth
+            # first. Counting brackets is cheap; the exact scan runs only past the bound.
+            if text.count("[") + text.count("{") > MAX_DEPTH and nesting_depth(text) > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
             request = json.loads(text)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             self.stats.errors[PARSE_ERROR] += 1
             return _dumps(_error(PARSE_ERROR, f"parse error: not valid JSON ({exc})"))
         if isinstance(request, list):

@@ -198,6 +198,9 @@ class ApiService(Service):
                         await ws.aclose(code=1008, reason="too many failed auth attempts")
                 except trio.ClosedResourceError:
                     pass
+                except Exception as exc:  # no frame may take the node down (the dispatcher
+                    # answers every error it knows; this is for the ones it does not)
+                    log.error("api frame failed", error=repr(exc))
                 finally:
                     inflight.release()
 
