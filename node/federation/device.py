@@ -55,6 +55,7 @@ class DeviceRole:
         self.log = ctx.log.bind(role="device")
         self.offload = offload
         self._learners: dict[int, DeviceLearner] = {}
+        self._finished: dict[int, dict[str, Any]] = {}  # status of tasks whose learner is gone
         self._joining: set[int] = set()
         self._refused: set[int] = set()
         self._unservable: dict[int, str] = {}
@@ -89,7 +90,10 @@ class DeviceRole:
         chain, contract = self.ctx.chain, self.ctx.contract
         tasks = await chain.run_sync(ledgerview.tasks, chain.chain, contract)
         for task in tasks:
-            if task.closed or task.finished or task.id in self._refused:
+            if task.closed or task.finished:
+                self._retire(task.id)
+                continue
+            if task.id in self._refused:
                 continue
             if task.id in self._unservable:
                 continue
@@ -317,15 +321,25 @@ class DeviceRole:
         record["device"] = self.ctx.address
         self.ctx.write_record(name, record)
 
+    def _retire(self, task_id: int) -> None:
+        """A finished or closed task's learner (its data shard, model and optimiser: tens of MB)
+        is let go; what ``status`` shows of it is kept (its privacy ledger is on disk)."""
+        learner = self._learners.pop(task_id, None)
+        if learner is not None:
+            self._finished[task_id] = self._summary(task_id, learner)
+
+    def _summary(self, task_id: int, learner: DeviceLearner) -> dict[str, Any]:
+        return {
+            "samples": len(learner.shard),
+            "epsilon_spent": learner.ledger.spent().epsilon,
+            "epsilon_budget": learner.ledger.budget.epsilon,
+            "refused": task_id in self._refused,
+        }
+
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {str(t): dict(v) for t, v in self._finished.items()}
         for task_id, learner in self._learners.items():
-            out[str(task_id)] = {
-                "samples": len(learner.shard),
-                "epsilon_spent": learner.ledger.spent().epsilon,
-                "epsilon_budget": learner.ledger.budget.epsilon,
-                "refused": task_id in self._refused,
-            }
+            out[str(task_id)] = self._summary(task_id, learner)
         for task_id, why in self._unservable.items():
             out[str(task_id)] = {"unservable": why}
         return out
