@@ -28,6 +28,12 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   for every gossip message received. On a 14-process devnet that kept both cores busy whenever
   blocks were being made, starved the event loops, and delayed gossip by minutes. Credit is now
   released as go-yamux does it: in one update once half the window has been consumed.
+* **No flood publishing**: py-libp2p's GossipSub sends a message this node publishes to its mesh
+  (or fanout) peers only, ``degree`` of them, so most subscribers get it a hop or two later.
+  go-libp2p's GossipSub floods its own publications to every subscribed peer with an acceptable
+  score (``WithFloodPublish``, on by default); we do the same, which puts a device's transaction,
+  a proposer's block announcement and a committee member's vote one hop from every subscriber
+  it is connected to. Relayed messages still go to the mesh only.
 """
 
 from __future__ import annotations
@@ -119,7 +125,36 @@ def apply() -> None:
     _pubsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _gossipsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _yamux_module._yamux_release_on_read = _release_on_half_window
+    _gossipsub_module.GossipSub._get_peers_to_send = _flood_own_publications(
+        _gossipsub_module.GossipSub._get_peers_to_send
+    )
     _applied = True
+
+
+def _flood_own_publications(original: Any) -> Any:
+    """Wraps ``GossipSub._get_peers_to_send``: see "No flood publishing" in the docstring."""
+
+    def peers_to_send(
+        self: Any, topic_ids: Any, msg_forwarder: Any, origin: Any, msg_id: Any = None
+    ) -> Any:
+        topic_ids = list(topic_ids)
+        chosen = set(original(self, topic_ids, msg_forwarder, origin, msg_id))
+        pubsub = self.pubsub
+        if pubsub is None or origin != pubsub.my_id:
+            return chosen
+        scorer = self.scorer
+        for topic in topic_ids:
+            for peer in pubsub.peer_topics.get(topic, ()):
+                if peer == origin or self.peer_protocol.get(peer) not in self.protocols:
+                    continue
+                if scorer is not None and (
+                    not scorer.allow_publish(peer, [topic]) or scorer.is_graylisted(peer, [topic])
+                ):
+                    continue
+                chosen.add(peer)
+        return chosen
+
+    return peers_to_send
 
 
 def _release_on_half_window() -> bool:

@@ -67,3 +67,26 @@ async def test_burst_of_200_messages_arrives_complete() -> None:
             assert nonces == list(range(200))
         for s in services[1:]:
             assert s.stats.queue_overflow == 0
+
+
+async def test_own_messages_are_flooded_to_every_subscriber_relayed_ones_are_not() -> None:
+    from libp2p.peer.id import ID
+
+    from flnode.p2p.service import topic_name
+
+    async with running_services(8) as services:
+        await full_mesh(services, timeout=40)
+        me, others = services[0], services[1:]
+        for s in others:  # me publishes without subscribing, as a device publishes a vote
+            await s.subscribe("test")
+        await me.wait_for_topic_peers("test", 7, timeout=30)
+        assert me.pubsub is not None
+        router = me.pubsub.router
+        topic = topic_name(me.network_id, "test")
+        own = ID.from_base58(me.peer_id)
+        flooded = set(router._get_peers_to_send([topic], msg_forwarder=own, origin=own))
+        assert {p.to_base58() for p in flooded} == {s.peer_id for s in others}
+        # A message someone else published goes to the fanout only: `degree` (4) peers.
+        other = ID.from_base58(others[0].peer_id)
+        relayed = set(router._get_peers_to_send([topic], msg_forwarder=other, origin=other))
+        assert 0 < len(relayed) <= 4 and other not in relayed
