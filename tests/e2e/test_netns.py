@@ -16,13 +16,14 @@ The test builds its own little network and removes it again, whatever happens:
 Each node runs as ``ip netns exec <ns> flnode start``, listens on its namespace address only,
 bootstraps to the first two nodes by those addresses, and serves its API on that address
 (``api.allow_remote``). The test checks that every node listens on its subnet address and on no
-loopback address, that they form a full mesh, that 20 transfers submitted through one node's API
-are committed by all four, that all end on the same head hash and state root without rejecting
+loopback address, that they form a full mesh and know each other by subnet addresses (never a
+loopback one, in ``node_peers``), that 20 transfers submitted through one node's API and 5 more
+through another are committed by all four, that all end on the same head hash and state root without rejecting
 any honest message, and, with netem, that the delay is really on the wire (a TCP handshake from
 the root namespace takes at least 10 ms).
 
-Needs root, Linux, and iproute2's ``ip`` and ``tc``; skipped otherwise. It takes about 30-60 s
-on a 2-core machine (four daemons starting), so it is marked slow:
+Needs root, Linux, and iproute2's ``ip`` and ``tc``; skipped otherwise. It takes 40-60 s on a
+2-core machine (four daemons starting and stopping), so it is marked slow:
 
     sudo .venv/bin/pytest tests/e2e/test_netns.py -m slow
 """
