@@ -28,6 +28,13 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   for every gossip message received. On a 14-process devnet that kept both cores busy whenever
   blocks were being made, starved the event loops, and delayed gossip by minutes. Credit is now
   released as go-yamux does it: in one update once half the window has been consumed.
+* **A malformed pubsub RPC stopped the node**: ``Pubsub.stream_handler`` closes a peer's stream on
+  stream and varint errors, but an RPC that is not valid protobuf raises ``DecodeError`` from
+  ``continuously_read_stream``, which propagated through the connection's and the swarm's
+  nurseries and stopped the whole node. Any peer could do it with one frame; a peer killed while
+  writing left one too (seen in the chaos test: a miner and the manufacturer died). The
+  replacement treats it like the other read errors: the stream is reset and the peer dropped
+  from pubsub until it reconnects.
 * **No flood publishing**: py-libp2p's GossipSub sends a message this node publishes to its mesh
   (or fanout) peers only, ``degree`` of them, so most subscribers get it a hop or two later.
   go-libp2p's GossipSub floods its own publications to every subscribed peer with an acceptable
@@ -45,6 +52,7 @@ import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.pubsub.utils as _pubsub_utils
 import libp2p.stream_muxer.yamux.yamux as _yamux_module
+from google.protobuf.message import DecodeError
 from libp2p.pubsub.rpc_queue import RpcQueue
 
 OUTBOUND_QUEUE_RPCS = 4096
@@ -125,6 +133,7 @@ def apply() -> None:
     _pubsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _gossipsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _yamux_module._yamux_release_on_read = _release_on_half_window
+    _pubsub_module.Pubsub.stream_handler = _stream_handler  # type: ignore[method-assign]
     _gossipsub_module.GossipSub._get_peers_to_send = _flood_own_publications(
         _gossipsub_module.GossipSub._get_peers_to_send
     )
@@ -160,3 +169,21 @@ def _flood_own_publications(original: Any) -> Any:
 def _release_on_half_window() -> bool:
     """Replaces ``yamux._yamux_release_on_read``: no credit per read (see the docstring)."""
     return False
+
+
+async def _stream_handler(self: Any, stream: Any) -> None:
+    """Replaces ``Pubsub.stream_handler``: see "A malformed pubsub RPC" in the docstring."""
+    peer_id = stream.muxed_conn.peer_id
+    try:
+        await self.continuously_read_stream(stream)
+    except (
+        _pubsub_module.StreamError,
+        _pubsub_module.ParseError,
+        _pubsub_module.IncompleteReadError,
+        DecodeError,
+        ValueError,
+    ) as error:
+        _pubsub_module.logger.debug("bad pubsub stream from %s (%s); closing it", peer_id, error)
+        with contextlib.suppress(Exception):
+            await stream.reset()
+        self._handle_dead_peer(peer_id)

@@ -147,3 +147,28 @@ async def test_a_layer_above_can_charge_a_peer_until_it_is_banned() -> None:
                 await trio.sleep(0.05)
         assert judge.scores.is_banned(accused.peer_id)
         assert judge.scores.snapshot(accused.peer_id).offences.get("invalid_payload") == 6
+
+
+async def test_a_pubsub_rpc_that_is_not_protobuf_does_not_stop_the_node() -> None:
+    from libp2p.peer.id import ID
+
+    from flnode.p2p.service import GOSSIP_PROTOCOL
+
+    async with running_services(3) as services:
+        victim, attacker, honest = services
+        await full_mesh(services)
+        inbox = await victim.subscribe(TOPIC)
+        await honest.subscribe(TOPIC)
+        await honest.wait_for_topic_peers(TOPIC, 1, timeout=20)
+        assert attacker.host is not None
+        stream = await attacker.host.new_stream(ID.from_base58(victim.peer_id), [GOSSIP_PROTOCOL])
+        await stream.write(b"\x05" + b"\xff" * 5)  # a length prefix, then not a protobuf RPC
+        await trio.sleep(1)
+        # The victim is still up (a failure would have cancelled this block) and still gossips.
+        received: list = []  # type: ignore[type-arg]
+        with trio.move_on_after(10):
+            while not received:
+                await honest.publish(TOPIC, Ping(nonce=len(received) + 99))
+                with trio.move_on_after(1):
+                    received.append(await inbox.receive())
+        assert received and received[0].message.nonce == 99
