@@ -42,13 +42,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tomli_w
 
 from tests.daemons import Daemon
-from tests.node.consensus.bft.procs import ProcessNet, api_call, submit_all, wait_heads
+from tests.node.consensus.bft.procs import ProcessNet, api_call, same_head, submit_all, wait_heads
 
 
 def _skip_reason() -> str | None:
@@ -236,16 +235,6 @@ def _connect_ms(host: str, port: int) -> float:
         return (time.perf_counter() - start) * 1000
 
 
-def _same_head(statuses: list[dict[str, Any]], at_least: int) -> bool:
-    heads = [s.get("head") or {} for s in statuses]
-    numbers = {h.get("number") for h in heads}
-    return (
-        len(numbers) == 1
-        and (numbers.pop() or 0) >= at_least
-        and len({(h["hash"], h["state_root"]) for h in heads}) == 1
-    )
-
-
 async def test_four_miners_in_namespaces_over_delayed_lossy_links(netns_net: NetnsNet) -> None:
     net, lab = netns_net, netns_net.lab
     for i in range(NODES):
@@ -281,7 +270,7 @@ async def test_four_miners_in_namespaces_over_delayed_lossy_links(netns_net: Net
     await submit_all(net.dirs[0], txs)
     statuses = await wait_heads(
         net.dirs,
-        lambda s: all(st.get("txs_committed", 0) >= 20 for st in s) and _same_head(s, 1),
+        lambda s: all(st.get("txs_committed", 0) >= 20 for st in s) and same_head(s, 1),
         120,
     )
     offences = [set(st["offences"]) - {"not-leader"} for st in statuses]
@@ -292,6 +281,6 @@ async def test_four_miners_in_namespaces_over_delayed_lossy_links(netns_net: Net
     await submit_all(net.dirs[2], net.transfers(5))
     await wait_heads(
         net.dirs,
-        lambda s: all(st.get("txs_committed", 0) >= 25 for st in s) and _same_head(s, target),
+        lambda s: all(st.get("txs_committed", 0) >= 25 for st in s) and same_head(s, target),
         120,
     )

@@ -153,3 +153,15 @@ async def submit_batches(datadir: Path, txs: list[bytes], size: int = 100) -> li
             chunk = ["0x" + tx.hex() for tx in txs[i : i + size]]
             out.extend(await client.call("consensus_submit_batch", {"txs": chunk}, timeout=60))
     return out
+
+
+def same_head(statuses: list[dict[str, Any]], at_least: int) -> bool:
+    """Whether every node's ``consensus_status`` shows one head (number, hash, state root) at
+    height ``at_least`` or above."""
+    heads = [s.get("head") or {} for s in statuses]
+    numbers = {h.get("number") for h in heads}
+    return (
+        len(numbers) == 1
+        and (numbers.pop() or 0) >= at_least
+        and len({(h["hash"], h["state_root"]) for h in heads}) == 1
+    )

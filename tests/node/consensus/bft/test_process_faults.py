@@ -5,7 +5,6 @@ peer holding that key), which must end with its stake slashed on every node's ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -17,19 +16,9 @@ from flnode.consensus_net import P2PConsensusNetwork, register_consensus_message
 from flnode.identity import NodeIdentity
 from flnode.p2p.service import P2PService
 
-from .procs import ETHER, ProcessNet, api_call, submit_all, wait_heads
+from .procs import ETHER, ProcessNet, api_call, same_head, submit_all, wait_heads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-
-
-def _same_head(statuses: list[dict[str, Any]], at_least: int) -> bool:
-    heads = [s.get("head") or {} for s in statuses]
-    numbers = {h.get("number") for h in heads}
-    return (
-        len(numbers) == 1
-        and (numbers.pop() or 0) >= at_least
-        and len({(h["hash"], h["state_root"]) for h in heads}) == 1
-    )
 
 
 async def _no_blobs(_cid: object) -> None:
@@ -71,7 +60,7 @@ async def test_partition_two_two_of_processes_commits_nothing_then_heals_without
     try:
         await _started(net)
         await submit_all(net.dirs[0], net.transfers(3))
-        statuses = await wait_heads(net.dirs, lambda s: _same_head(s, 1), 90)
+        statuses = await wait_heads(net.dirs, lambda s: same_head(s, 1), 90)
         height = statuses[0]["head"]["number"]
 
         left, right = [0, 1], [2, 3]
@@ -96,15 +85,13 @@ async def test_partition_two_two_of_processes_commits_nothing_then_heals_without
         # the four transactions stuck on either side are all committed, on one chain
         statuses = await wait_heads(
             net.dirs,
-            lambda s: (
-                all(st.get("txs_committed", 0) >= 7 for st in s) and _same_head(s, height + 1)
-            ),
+            lambda s: all(st.get("txs_committed", 0) >= 7 for st in s) and same_head(s, height + 1),
             120,
         )
         last = net.transfers(1, wallet=2)
         await submit_all(net.dirs[3], last)
         top = statuses[0]["head"]["number"]
-        await wait_heads(net.dirs, lambda s: _same_head(s, top + 1), 90)
+        await wait_heads(net.dirs, lambda s: same_head(s, top + 1), 90)
     finally:
         net.stop_all()
 
@@ -117,7 +104,7 @@ async def test_equivocating_miner_key_is_slashed_on_every_process(
     try:
         await _started(net)
         await submit_all(net.dirs[0], net.transfers(2))
-        statuses = await wait_heads(net.dirs, lambda s: _same_head(s, 1), 90)
+        statuses = await wait_heads(net.dirs, lambda s: same_head(s, 1), 90)
         height = statuses[0]["head"]["number"] + 1
         stake = await api_call(net.dirs[0], "miner_status", {"address": cheat.address})
         assert stake["stake"]["wei"] == str(2 * ETHER) and stake["active"] is True
@@ -160,11 +147,11 @@ async def test_equivocating_miner_key_is_slashed_on_every_process(
         ]
         assert sum(evidence) >= 1, evidence
         # the three honest miners (6 of the 6 ether now staked) keep committing without it
-        statuses = await wait_heads(net.dirs[:3], lambda s: _same_head(s, 1), 30)
+        statuses = await wait_heads(net.dirs[:3], lambda s: same_head(s, 1), 30)
         top = statuses[0]["head"]["number"]
         assert statuses[0]["committee"] == sorted(i.address for i in net.ids[:3])
         await submit_all(net.dirs[1], net.transfers(1, wallet=1))
-        await wait_heads(net.dirs[:3], lambda s: _same_head(s, top + 1), 60)
+        await wait_heads(net.dirs[:3], lambda s: same_head(s, top + 1), 60)
     finally:
         net.stop_all()
 
@@ -176,7 +163,7 @@ async def test_two_of_four_miner_processes_killed_nothing_commits_until_one_retu
     try:
         await _started(net)
         await submit_all(net.dirs[0], net.transfers(2))
-        statuses = await wait_heads(net.dirs, lambda s: _same_head(s, 1), 90)
+        statuses = await wait_heads(net.dirs, lambda s: same_head(s, 1), 90)
         height = statuses[0]["head"]["number"]
         for i in (2, 3):
             daemon = net.daemons[i]
@@ -191,7 +178,7 @@ async def test_two_of_four_miner_processes_killed_nothing_commits_until_one_retu
         statuses = await wait_heads(
             net.dirs[:3],
             lambda s: (
-                all(st.get("txs_committed", 0) >= 4 for st in s[:2]) and _same_head(s, height + 1)
+                all(st.get("txs_committed", 0) >= 4 for st in s[:2]) and same_head(s, height + 1)
             ),
             120,
         )

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
-from .procs import ProcessNet, submit_all, wait_heads
-
-
-def _same_head(statuses: list[dict[str, Any]], at_least: int) -> bool:
-    heads = [s.get("head") or {} for s in statuses]
-    numbers = {h.get("number") for h in heads}
-    return (
-        len(numbers) == 1
-        and (numbers.pop() or 0) >= at_least
-        and len({(h["hash"], h["state_root"]) for h in heads}) == 1
-    )
+from .procs import ProcessNet, same_head, submit_all, wait_heads
 
 
 @pytest.mark.slow
@@ -42,7 +31,7 @@ async def test_four_miner_processes_commit_survive_a_kill_and_catch_up(
             await trio.sleep(0.3)
         statuses = await wait_heads(
             net.dirs,
-            lambda s: all(st.get("txs_committed", 0) >= 20 for st in s) and _same_head(s, 1),
+            lambda s: all(st.get("txs_committed", 0) >= 20 for st in s) and same_head(s, 1),
             90,
         )
         # honest nodes only: no message may have been rejected, except a second leader's
@@ -59,9 +48,7 @@ async def test_four_miner_processes_commit_survive_a_kill_and_catch_up(
         await submit_all(net.dirs[0], more)
         statuses = await wait_heads(
             net.dirs[:3],
-            lambda s: (
-                all(st.get("txs_committed", 0) >= 30 for st in s) and _same_head(s, first + 1)
-            ),
+            lambda s: all(st.get("txs_committed", 0) >= 30 for st in s) and same_head(s, first + 1),
             90,
         )
         target = statuses[0]["head"]["number"]
@@ -71,9 +58,9 @@ async def test_four_miner_processes_commit_survive_a_kill_and_catch_up(
         net.wait_ready(3)
         # (by block sync, or by importing the certified block it had recorded just before the
         # kill: both paths end at the same head)
-        await wait_heads(net.dirs, lambda s: _same_head(s, target), 90)
+        await wait_heads(net.dirs, lambda s: same_head(s, target), 90)
         last = net.transfers(3)
         await submit_all(net.dirs[3], last)
-        await wait_heads(net.dirs, lambda s: _same_head(s, target + 1), 90)
+        await wait_heads(net.dirs, lambda s: same_head(s, target + 1), 90)
     finally:
         net.stop_all()
