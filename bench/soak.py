@@ -52,10 +52,11 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._common import RESULTS_DIR, write_result
+from bench.round import task_spec
 from flnode.devnet import down, layout_from_counts, prepare, up
 from flnode.devnet.errors import DevnetError
 from flnode.devnet.network import Network
-from flnode.devnet.training import DEFAULT_TASK_SPEC, run_task
+from flnode.devnet.training import run_task
 
 SERIES = (
     "flnode_process_resident_bytes",
@@ -78,18 +79,6 @@ THRESHOLDS = {
     "flnode_process_threads": f"last <= first + max({COUNT_MAX_ABS:g}, {COUNT_MAX_FRACTION:.0%} of first)",
     "flnode_chain_height": "not judged (grows by design)",
 }
-
-
-def task_spec(devices: int, rounds: int) -> str:
-    """The default devnet task with ``rounds`` rounds, each closing when all devices are in."""
-    out = []
-    for line in DEFAULT_TASK_SPEC.splitlines():
-        if line.startswith("rounds = "):
-            line = f"rounds = {rounds}"
-        elif line.startswith("updates_per_round = "):
-            line = f"updates_per_round = {devices}"
-        out.append(line)
-    return "\n".join(out) + "\n"
 
 
 def scrape(url: str) -> dict[str, float]:
