@@ -91,6 +91,20 @@ class ProcessNet:
         pid = daemon.proc.pid
         daemon.wait_for(lambda: bool(daemon.events("ready", pid)), timeout, f"node{i} ready")
 
+    def start_all(self, *, mesh_timeout: float) -> None:
+        """Start every node, wait until each is ready and connected to all the others."""
+        count = len(self.dirs)
+        for i in range(count):
+            self.start(i)
+        for i in range(count):
+            self.wait_ready(i)
+        for i in range(count):
+            daemon = self.daemons[i]
+            assert daemon is not None
+            daemon.wait_for(
+                lambda d=daemon: len(d.connected_peers()) >= count - 1, mesh_timeout, "full mesh"
+            )
+
     def stop_all(self) -> None:
         for daemon in self.daemons:
             if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:

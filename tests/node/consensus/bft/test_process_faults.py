@@ -25,17 +25,6 @@ async def _no_blobs(_cid: object) -> None:
     return None
 
 
-async def _started(net: ProcessNet) -> None:
-    for i in range(4):
-        net.start(i)
-    for i in range(4):
-        net.wait_ready(i)
-    for i in range(4):
-        daemon = net.daemons[i]
-        assert daemon is not None
-        daemon.wait_for(lambda d=daemon: len(d.connected_peers()) >= 3, 60, "full mesh")
-
-
 async def _ban_across(net: ProcessNet, left: list[int], right: list[int], ban: bool) -> None:
     for side, other in ((left, right), (right, left)):
         for i in side:
@@ -58,7 +47,7 @@ async def test_partition_two_two_of_processes_commits_nothing_then_heals_without
 ) -> None:
     net = ProcessNet(flnode_exe, tmp_path, clean_env, 4)
     try:
-        await _started(net)
+        net.start_all(mesh_timeout=60)
         await submit_all(net.dirs[0], net.transfers(3))
         statuses = await wait_heads(net.dirs, lambda s: same_head(s, 1), 90)
         height = statuses[0]["head"]["number"]
@@ -102,7 +91,7 @@ async def test_equivocating_miner_key_is_slashed_on_every_process(
     net = ProcessNet(flnode_exe, tmp_path, clean_env, 4)
     cheat = net.ids[3]
     try:
-        await _started(net)
+        net.start_all(mesh_timeout=60)
         await submit_all(net.dirs[0], net.transfers(2))
         statuses = await wait_heads(net.dirs, lambda s: same_head(s, 1), 90)
         height = statuses[0]["head"]["number"] + 1
@@ -161,7 +150,7 @@ async def test_two_of_four_miner_processes_killed_nothing_commits_until_one_retu
 ) -> None:
     net = ProcessNet(flnode_exe, tmp_path, clean_env, 4)
     try:
-        await _started(net)
+        net.start_all(mesh_timeout=60)
         await submit_all(net.dirs[0], net.transfers(2))
         statuses = await wait_heads(net.dirs, lambda s: same_head(s, 1), 90)
         height = statuses[0]["head"]["number"]

@@ -16,14 +16,7 @@ async def test_four_miner_processes_commit_survive_a_kill_and_catch_up(
 ) -> None:
     net = ProcessNet(flnode_exe, tmp_path, clean_env, 4)
     try:
-        for i in range(4):
-            net.start(i)
-        for i in range(4):
-            net.wait_ready(i)
-        for i in range(4):
-            daemon = net.daemons[i]
-            assert daemon is not None
-            daemon.wait_for(lambda d=daemon: len(d.connected_peers()) >= 3, 30, "full mesh")
+        net.start_all(mesh_timeout=30)
         # one sender's transactions enter at different nodes: gossip must reorder them
         txs = net.transfers(20)
         for i in range(4):
