@@ -9,8 +9,9 @@ random nodes (never more than f miners at once); then every invariant a user rel
   plus the deposits and stakes it holds;
 * (long variant) the final accuracy is within 2 points of a fault-free run with the same seed.
 
-The short variant runs in the default suite (8 processes, 2 rounds); the long one (13 processes,
-10 rounds, and the fault-free run to compare with) is marked slow.
+The short variant runs in the default suite (8 processes, 2 rounds) and checks the invariants
+only; the long one (13 processes, 10 rounds, and the fault-free run to compare with) is marked
+slow and also checks the accuracy.
 """
 
 from __future__ import annotations
@@ -218,7 +219,9 @@ async def test_short_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
         assert monkey is not None and monkey.faults, "the injector made no fault"
         assert all(f.outcome == "done" for f in monkey.faults), monkey.faults
         await _check_invariants(network, report, rounds=2)
-        assert report["final_accuracy"] > report["public_only_accuracy"], report["rounds"]
+        # No accuracy check here: two rounds of three small devices, one of them killed or cut
+        # off, need not beat the public-only model (CI saw 78.8 % vs 79.9 %). Accuracy under
+        # faults is the long variant's comparison with a fault-free run of the same seed.
     finally:
         down(network)
 
