@@ -47,11 +47,12 @@ import argparse
 import datetime as dt
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,8 @@ class MemorySampler:
     min_available: int | None = None
     samples: int = 0
     low: str | None = None
+    #: Called once, from the sampler's thread, when ``low`` is set.
+    on_low: Callable[[], None] | None = None
     _procs: dict[str, Any] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -248,6 +251,8 @@ class MemorySampler:
                 f"the machine's available memory fell to {available / GIB:.2f} GiB "
                 f"(below --min-free-gib {self.min_free_gib:g}) with {count} node processes"
             )
+            if self.on_low is not None:
+                self.on_low()
 
     def per_role(self, values: dict[str, int]) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -304,20 +309,8 @@ async def measure(
     load_before = os.getloadavg()
     print(f"[{devices} devices] starting {len(network.nodes)} processes", flush=True)
     sampler = MemorySampler(network, min_free_gib)
-    stopped: list[str] = []
     timings: dict[str, float] = {}
     result: Any = None
-
-    async def watch(scope: trio.CancelScope) -> None:
-        while True:
-            if sampler.low is not None:
-                stopped.append(sampler.low)
-            elif deadline is not None and time.time() >= deadline:
-                stopped.append("--stop-at reached")
-            if stopped:
-                scope.cancel()
-                return
-            await trio.sleep(0.5)
 
     async def work() -> None:
         nonlocal result
@@ -334,18 +327,20 @@ async def measure(
         )
         timings["task_s"] = time.monotonic() - started
 
+    # Low memory (seen by the sampler's thread) or --stop-at cancels the work; no nursery, so
+    # that an error or Ctrl-C comes out as itself, not wrapped in an exception group.
+    scope = trio.CancelScope()
+    if deadline is not None:
+        scope.deadline = trio.current_time() + max(0.0, deadline - time.time())
+    token = trio.lowlevel.current_trio_token()
+    sampler.on_low = lambda: token.run_sync_soon(scope.cancel)
     try:
-        with sampler:
-            async with trio.open_nursery() as nursery:
-                scope = trio.CancelScope()
-                nursery.start_soon(watch, scope)
-                with scope:
-                    await work()
-                nursery.cancel_scope.cancel()
+        with sampler, scope:
+            await work()
     finally:
         down(network)
-    if stopped or result is None:
-        raise SizeStopped(stopped[0] if stopped else "the task did not finish")
+    if scope.cancelled_caught or result is None:
+        raise SizeStopped(sampler.low or "--stop-at reached")
     report = result.report
     rows = []
     for r in report["rounds"]:
@@ -386,6 +381,7 @@ async def measure(
                 "carried_forward": r.get("carried_forward"),
                 "accuracy": r.get("accuracy"),
                 "round_s": _rounded((r.get("time_s") or {}).get("round")),
+                "closed_in_one_block": r.get("closed_in_one_block"),
             }
             for r in report["rounds"]
         ],
@@ -519,6 +515,24 @@ def _total_memory_gib() -> float | None:
     return psutil.virtual_memory().total / GIB
 
 
+def code_state() -> dict[str, Any]:
+    """The commit the nodes ran and the files that differed from it (the devnet runs this
+    working tree, whatever is uncommitted in it)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.stdout.rstrip("\n")
+
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        return {"commit": git("rev-parse", "HEAD").strip(), "modified": [c[3:] for c in changed]}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": None}
+
+
 def _deadline(text: str | None) -> float | None:
     """``HH:MM`` (UTC, today or, if already past by more than 12 h, tomorrow) as a timestamp."""
     if text is None:
@@ -556,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"device counts must be 1 to --shards ({args.shards})")
     deadline = _deadline(args.stop_at)
     load_before = os.getloadavg()
+    code = code_state()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flnode-bench-scale-") as tmp:
         workdir = args.dir or Path(tmp)
@@ -634,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         "fit": fit,
         "records": records,
         "memory_total_gib": round(psutil.virtual_memory().total / GIB, 2),
+        "code": code,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
