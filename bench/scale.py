@@ -32,7 +32,10 @@ size, recorded with the reason, when that exceeds the memory available minus ``-
 it also skips sizes beyond the devnet's node limit. While a size runs, it stops it (recorded as
 failed) if the machine's available memory falls below ``--min-free-gib``, so that the benchmark
 does not bring the out-of-memory killer onto other processes. A failed size stops the sizes
-after it. Ctrl-C stops the running devnet and writes nothing.
+after it. After the listed sizes it runs one more (unless ``--no-fill``): the largest device
+count the memory estimate allows then, if that is larger than every size that ran: the largest
+devnet of processes this machine holds (recorded with ``chosen``). Ctrl-C stops the running
+devnet and writes nothing.
 
 Finally it fits ``round_s``, ``overhead_s`` and ``train_s`` against the device count: a
 least-squares line (seconds per added device) and the slope of the log-log line (the growth
@@ -112,6 +115,22 @@ def skip_reason(
             f"{available_gib:.1f} GiB is available ({reserve_gib:.1f} GiB kept in reserve)"
         )
     return None
+
+
+def largest_fitting(
+    *,
+    available_gib: float,
+    per_device_gib: float,
+    per_other_gib: float,
+    reserve_gib: float,
+    limit: int,
+) -> int:
+    """The most devices (at most ``limit``) whose devnet the estimate fits in the memory left;
+    0 when not even one does."""
+    if per_device_gib <= 0:
+        return 0
+    room = available_gib - reserve_gib - (MINERS + MANUFACTURERS) * per_other_gib
+    return max(0, min(limit, math.floor(room / per_device_gib)))
 
 
 def fit_growth(xs: Sequence[float], ys: Sequence[float | None]) -> dict[str, Any] | None:
@@ -515,6 +534,29 @@ def _total_memory_gib() -> float | None:
     return psutil.virtual_memory().total / GIB
 
 
+def fill_size(
+    records: list[dict[str, Any]], args: argparse.Namespace, available: float
+) -> int | None:
+    """The extra size of ``--fill``: the largest the memory estimate allows now, if larger than
+    every size that ran (None, said why, otherwise)."""
+    ok = [r["devices"] for r in records if r["status"] == "ok"]
+    if not ok or any(r["status"] == "failed" for r in records):
+        print("--fill: no extra size (a size failed, or none ran)", flush=True)
+        return None
+    per_device, per_other, _ = estimate_per_process(records, DEFAULT_DEVICE_GIB, DEFAULT_OTHER_GIB)
+    n = largest_fitting(
+        available_gib=available,
+        per_device_gib=per_device,
+        per_other_gib=per_other,
+        reserve_gib=args.reserve_gib,
+        limit=min(MAX_NODES - MINERS - MANUFACTURERS, args.shards),
+    )
+    if n <= max(ok) or any(r["devices"] == n for r in records):
+        print(f"--fill: the largest size that fits ({n}) is not larger than {max(ok)}", flush=True)
+        return None
+    return n
+
+
 def code_state() -> dict[str, Any]:
     """The commit the nodes ran and the files that differed from it (the devnet runs this
     working tree, whatever is uncommitted in it)."""
@@ -561,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reserve-gib", type=float, default=1.0)
     parser.add_argument("--min-free-gib", type=float, default=0.75)
     parser.add_argument("--stop-at", default=None, help="UTC HH:MM: start no size after it")
+    parser.add_argument(
+        "--no-fill",
+        dest="fill",
+        action="store_false",
+        help="do not add the largest size the memory estimate allows after the listed ones",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="keep the devnets here")
     args = parser.parse_args(argv)
     counts = sorted(set(args.devices))
@@ -572,64 +620,80 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     code = code_state()
     records: list[dict[str, Any]] = []
+
+    def attempt(n: int, workdir: Path, note: str | None = None) -> dict[str, Any] | None:
+        """Run size ``n`` (or record why not); None on Ctrl-C."""
+        per_device, per_other, source = estimate_per_process(
+            records, DEFAULT_DEVICE_GIB, DEFAULT_OTHER_GIB
+        )
+        available = psutil.virtual_memory().available / GIB
+        estimate = {
+            "per_device_gib": per_device,
+            "per_other_node_gib": per_other,
+            "from": source,
+            "needed_gib": round(
+                memory_needed_gib(n, per_device_gib=per_device, per_other_gib=per_other), 2
+            ),
+            "available_gib": round(available, 2),
+        }
+        reason = skip_reason(
+            n,
+            available_gib=available,
+            per_device_gib=per_device,
+            per_other_gib=per_other,
+            reserve_gib=args.reserve_gib,
+        )
+        if reason is None and any(r["status"] == "failed" for r in records):
+            reason = "a smaller size failed"
+        if reason is None and deadline is not None and time.time() >= deadline:
+            reason = f"--stop-at {args.stop_at} UTC reached before this size started"
+        if reason is not None:
+            print(f"[{n} devices] skipped: {reason}", flush=True)
+            return {"devices": n, "status": "skipped", "reason": reason, "memory": estimate}
+        print(
+            f"[{n} devices] memory: need about {estimate['needed_gib']} GiB, "
+            f"{estimate['available_gib']} GiB available" + (f" ({note})" if note else ""),
+            flush=True,
+        )
+        try:
+            record = trio.run(
+                lambda: measure(
+                    n,
+                    rounds=args.rounds,
+                    shards=args.shards,
+                    workdir=workdir,
+                    min_free_gib=args.min_free_gib,
+                    deadline=deadline,
+                )
+            )
+        except KeyboardInterrupt:
+            return None
+        except (SizeStopped, DevnetError, OSError) as exc:
+            print(f"[{n} devices] failed: {exc}", flush=True)
+            record = {"devices": n, "status": "failed", "reason": str(exc)}
+        record["memory"] = estimate
+        if note:
+            record["chosen"] = note
+        return record
+
     with tempfile.TemporaryDirectory(prefix="flnode-bench-scale-") as tmp:
         workdir = args.dir or Path(tmp)
         print(f"devnets in {workdir}", flush=True)
         for n in counts:
-            per_device, per_other, source = estimate_per_process(
-                records, DEFAULT_DEVICE_GIB, DEFAULT_OTHER_GIB
-            )
-            available = psutil.virtual_memory().available / GIB
-            estimate = {
-                "per_device_gib": per_device,
-                "per_other_node_gib": per_other,
-                "from": source,
-                "needed_gib": round(
-                    memory_needed_gib(n, per_device_gib=per_device, per_other_gib=per_other), 2
-                ),
-                "available_gib": round(available, 2),
-            }
-            reason = skip_reason(
-                n,
-                available_gib=available,
-                per_device_gib=per_device,
-                per_other_gib=per_other,
-                reserve_gib=args.reserve_gib,
-            )
-            if reason is None and any(r["status"] == "failed" for r in records):
-                reason = "a smaller size failed"
-            if reason is None and deadline is not None and time.time() >= deadline:
-                reason = f"--stop-at {args.stop_at} UTC reached before this size started"
-            if reason is not None:
-                print(f"[{n} devices] skipped: {reason}", flush=True)
-                records.append(
-                    {"devices": n, "status": "skipped", "reason": reason, "memory": estimate}
-                )
-                continue
-            print(
-                f"[{n} devices] memory: need about {estimate['needed_gib']} GiB, "
-                f"{estimate['available_gib']} GiB available",
-                flush=True,
-            )
-            try:
-                record = trio.run(
-                    lambda n=n: measure(
-                        n,
-                        rounds=args.rounds,
-                        shards=args.shards,
-                        workdir=workdir,
-                        min_free_gib=args.min_free_gib,
-                        deadline=deadline,
-                    )
-                )
-            except KeyboardInterrupt:
+            record = attempt(n, workdir)
+            if record is None:
                 print("interrupted: the devnet was stopped; nothing written", flush=True)
                 return 130
-            except (SizeStopped, DevnetError, OSError) as exc:
-                print(f"[{n} devices] failed: {exc}", flush=True)
-                record = {"devices": n, "status": "failed", "reason": str(exc)}
-            record["memory"] = estimate
             records.append(record)
+        if args.fill:
+            n = fill_size(records, args, psutil.virtual_memory().available / GIB)
+            if n is not None:
+                record = attempt(n, workdir, "--fill: the largest size the memory estimate allows")
+                if record is None:
+                    print("interrupted: the devnet was stopped; nothing written", flush=True)
+                    return 130
+                records.append(record)
+    records.sort(key=lambda r: r["devices"])
     ok = [r for r in records if r["status"] == "ok"]
     fit = {
         key: fit_growth([r["devices"] for r in ok], [r[key] for r in ok])

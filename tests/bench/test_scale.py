@@ -106,3 +106,59 @@ def test_estimate_uses_defaults_until_a_size_ran_then_its_largest_process() -> N
     assert device == pytest.approx(0.5 * scale.ESTIMATE_MARGIN)
     assert other == pytest.approx(0.45 * scale.ESTIMATE_MARGIN)
     assert "10 devices" in source
+
+
+def test_largest_fitting_fills_the_room_left_after_the_other_nodes() -> None:
+    others = (scale.MINERS + scale.MANUFACTURERS) * 0.5
+    n = scale.largest_fitting(
+        available_gib=10.0 + others + 1.0,
+        per_device_gib=0.5,
+        per_other_gib=0.5,
+        reserve_gib=1.0,
+        limit=59,
+    )
+    assert n == 20
+    assert (
+        scale.skip_reason(
+            n,
+            available_gib=10.0 + others + 1.0,
+            per_device_gib=0.5,
+            per_other_gib=0.5,
+            reserve_gib=1.0,
+        )
+        is None
+    )
+    assert (
+        scale.skip_reason(
+            n + 1,
+            available_gib=10.0 + others + 1.0,
+            per_device_gib=0.5,
+            per_other_gib=0.5,
+            reserve_gib=1.0,
+        )
+        is not None
+    )
+
+
+def test_largest_fitting_respects_the_limit_and_a_full_machine() -> None:
+    kwargs = {"per_device_gib": 0.5, "per_other_gib": 0.5, "reserve_gib": 1.0}
+    assert scale.largest_fitting(available_gib=1000.0, limit=59, **kwargs) == 59
+    assert scale.largest_fitting(available_gib=2.0, limit=59, **kwargs) == 0
+
+
+def test_fill_adds_a_size_only_beyond_every_size_that_ran() -> None:
+    import argparse
+
+    args = argparse.Namespace(reserve_gib=0.0, shards=120)
+    ran = {
+        "devices": 10,
+        "status": "ok",
+        "peak_pss_per_role_gib": {"device": 1.0, "miner": 1.0, "manufacturer": 1.0},
+    }
+    per = scale.ESTIMATE_MARGIN  # 1.1 GiB per process once 10 devices ran
+    others = (scale.MINERS + scale.MANUFACTURERS) * per
+    assert scale.fill_size([ran], args, available=others + 20 * per + 0.01) == 20
+    assert scale.fill_size([ran], args, available=others + 10 * per + 0.01) is None
+    failed = {"devices": 20, "status": "failed", "reason": "x"}
+    assert scale.fill_size([ran, failed], args, available=1000.0) is None
+    assert scale.fill_size([], args, available=1000.0) is None
