@@ -10,7 +10,8 @@ the device that submitted last (:func:`flnode.devnet.training.critical_path`):
 * ``train_s``: that device's local DP-SGD training (the only work the protocol cannot avoid);
 * ``overhead_s`` = ``round_s`` - ``train_s``, made of ``start_s`` (round open → training
   starts: notice the round, fetch the global model, build the learner in the first round),
-  ``store_s``, ``inclusion_s`` (``submitUpdate`` sent → in a block the miner has imported),
+  ``store_s``, ``inclusion_s`` (``submitUpdate`` sent → the miner sees the round closable: the
+  transaction in its mempool, or in a block it has imported),
   ``transfer_s`` (fetching the updates by CID), ``aggregation_s`` (verification and robust
   aggregation) and ``consensus_s`` (``commitRound`` proposed → committed, seen by the miner).
 
@@ -21,7 +22,8 @@ in ``train_s`` (and in the overhead when it delays a protocol step).
 The first round is reported but left out of the summary (it includes each device loading its
 shard and setting up DP-SGD once per task). The summary per device count is the median over the
 other rounds. Writes ``bench/results/round.json``: a record per device count with ``devices``,
-``round_s``, ``train_s``, ``overhead_s`` and the split, plus every round's numbers.
+``round_s``, ``train_s``, ``overhead_s`` and the split, plus every round's numbers and
+``rounds_closed_in_one_block`` (rounds whose last submissions and commit went into one block).
 """
 
 from __future__ import annotations
@@ -102,12 +104,19 @@ async def measure(devices: int, rounds: int, workdir: Path) -> dict[str, Any]:
         path = r.get("critical_path")
         if path is None:
             continue
-        rows.append({"round": r["round"], **{k: round(v, 3) for k, v in path.items()}})
+        rows.append(
+            {
+                "round": r["round"],
+                **{k: round(v, 3) for k, v in path.items()},
+                "closed_in_one_block": bool(r.get("closed_in_one_block")),
+            }
+        )
     if not rows:
         raise SystemExit(f"[{devices} devices] the round records carry no timings")
     record = summarise(devices, rows)
     record["final_accuracy"] = report.get("final_accuracy")
     record["all_nodes_agree"] = report.get("all_nodes_agree_on_final_model")
+    record["rounds_closed_in_one_block"] = sum(1 for r in rows if r["closed_in_one_block"])
     print(
         f"[{devices} devices] round {record['round_s']:.2f} s = training "
         f"{record['train_s']:.2f} s + overhead {record['overhead_s']:.2f} s ("

@@ -270,6 +270,9 @@ async def _assemble(
                 "paid_wei": r.get("paid_wei"),
                 "proposer": by_address.get(str(r.get("proposer", "")).lower(), r.get("proposer")),
                 "block": r.get("block"),
+                # One height recorded the round's last updates and committed it.
+                "closed_in_one_block": r.get("block") is not None
+                and r.get("block") == r.get("last_submission_block"),
                 "time_s": {
                     "round": round_s,
                     "training": max((t["train_s"] for t in trains), default=None),
@@ -344,7 +347,8 @@ def critical_path(
       set up the learner on its first round);
     * ``store_s``: its training's end → its ``submitUpdate`` sent (store the update, check that
       the round is still open);
-    * ``inclusion_s``: sent → the miner sees the round closable (gossip, a block, its import);
+    * ``inclusion_s``: sent → the miner sees the round closable (the transaction gossiped into
+      its mempool, or a block and its import);
     * ``transfer_s``: → every update fetched (usually fetched while others still trained);
     * ``aggregation_s``: → the miner's verification and robust aggregation done;
     * ``consensus_s``: → the commit seen (proposal, votes, import of the commit block).

@@ -329,6 +329,13 @@ class ConsensusSection(_Section):
         "A leader whose mempool is empty waits this long for transactions before proposing.",
         ge=0,
     )
+    prepare_wait_s: float = _seconds(
+        1.0,
+        "The longest a leader waits for the federation to judge the round that its block's "
+        "pending submissions complete (so one block records them and commits the round); keep "
+        "it below the propose timeout.",
+        ge=0,
+    )
     max_block_interval_s: float = _seconds(
         0.0,
         "Start a height with nothing pending after this long, making an empty block (e.g. so "

@@ -48,6 +48,9 @@ class Mempool:
         self._by_sender: dict[bytes, list[SignedTransactionAPI]] = defaultdict(list)
         self._cost: dict[bytes, int] = {}
         """Per sender: the most its pending transactions can cost (value + gas × max fee)."""
+        self.added = 0
+        """How many transactions were ever admitted: a reader in another thread polls it to
+        learn cheaply that something new arrived (an int read is atomic)."""
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -62,6 +65,11 @@ class Mempool:
     def pending(self, limit: int | None = None) -> list[SignedTransactionAPI]:
         txs = list(self._txs.values())
         return txs if limit is None else txs[:limit]
+
+    def next_in_line(self) -> list[SignedTransactionAPI]:
+        """Each sender's first pending transaction: the ones the next block can include as
+        they are (their nonces are the senders' current ones)."""
+        return [queued[0] for queued in self._by_sender.values() if queued]
 
     def add(self, tx: bytes | SignedTransactionAPI) -> bytes:
         if isinstance(tx, bytes | bytearray | memoryview):
@@ -130,6 +138,7 @@ class Mempool:
         self._txs[tx.hash] = tx
         self._by_sender[sender].append(tx)
         self._cost[sender] = cost
+        self.added += 1
         return tx.hash
 
     def _check_chain_id(self, tx: SignedTransactionAPI) -> None:

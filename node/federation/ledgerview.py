@@ -5,13 +5,16 @@ Everything here is synchronous and runs in the chain's worker thread
 
 A round's *opening block* is the task's ``last_progress_block`` (the block of ``createTask`` or of
 the previous ``commitRound``), and its submissions are the ``UpdateSubmitted`` events for
-(task, round) from that block to the head, in ledger order: exactly what a ``commitRound`` in the
-next block judges, since the proposer puts its ``commitRound`` first in its block.
+(task, round) from that block to the head, in ledger order. A ``commitRound`` judges those plus
+the submissions its own block records before it (:func:`in_block_submissions`): a proposer puts
+either its ``commitRound`` first, or the round's last submissions and then the commit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from eth_utils import to_checksum_address
 
@@ -57,8 +60,20 @@ class RoundView:
 
     @property
     def key(self) -> tuple[int, int, tuple[str, ...]]:
-        """(task, round, submitted CIDs): two views with equal keys judge the same round."""
-        return self.task.id, self.task.round, tuple(str(s.cid) for s in self.submissions)
+        """(task, round, each submission's device, CID and sample count): two views with equal
+        keys judge the same round. Sorted, as miners judge a round's submissions in device
+        address order (so a round judged while its last submissions were still pending is the
+        same round once a block has recorded them, in whatever order)."""
+        return (
+            self.task.id,
+            self.task.round,
+            tuple(sorted(f"{s.device.lower()}:{s.cid}:{s.n_samples}" for s in self.submissions)),
+        )
+
+    def extended(self, extra: Sequence[SubmittedUpdate]) -> RoundView:
+        """This view with ``extra`` submissions recorded after the head's (e.g. in the block
+        that commits the round)."""
+        return replace(self, submissions=self.submissions + tuple(extra))
 
 
 def tasks(chain: Chain, contract: LedgerContract) -> list[TaskInfo]:
@@ -102,10 +117,15 @@ def round_view(chain: Chain, contract: LedgerContract, task_id: int) -> RoundVie
 
 
 def round_history(chain: Chain, contract: LedgerContract, task_id: int) -> list[dict[str, object]]:
-    """Every ``RoundCommitted`` of ``task_id`` (the ledger's own record of its rounds)."""
+    """Every ``RoundCommitted`` of ``task_id`` (the ledger's own record of its rounds), with the
+    block of the round's last ``UpdateSubmitted`` (the commit's own block when one height
+    recorded the round's last updates and closed it)."""
     head = chain.head()
     out: list[dict[str, object]] = []
+    last_submission: dict[int, int] = {}
     for event in contract.decode_logs(chain.logs(0, head.number, address=contract.address)):
+        if event.name == "UpdateSubmitted" and int(event.args["task"]) == task_id:
+            last_submission[int(event.args["round"])] = int(event.block_number or 0)
         if event.name == "RoundCommitted" and int(event.args["task"]) == task_id:
             a = event.args
             out.append(
@@ -117,7 +137,45 @@ def round_history(chain: Chain, contract: LedgerContract, task_id: int) -> list[
                     "rejected": int(a["rejected"]),
                     "paid_wei": str(int(a["paid"])),
                     "block": int(event.block_number or 0),
+                    "last_submission_block": last_submission.get(int(a["round"])),
                     "timestamp": int(chain.block(int(event.block_number or 0)).header.timestamp),
                 }
             )
+    return out
+
+
+def decode_submission(contract: LedgerContract, tx: Any) -> tuple[int, int, SubmittedUpdate] | None:
+    """(task, round, the submission) a signed ``submitUpdate`` transaction to the ledger would
+    record if it succeeds; None for any other transaction (or undecodable call data)."""
+    data = bytes(tx.data)
+    if tx.to is None or bytes(tx.to) != contract.address:
+        return None
+    if data[:4] != contract.codec.selector("submitUpdate"):
+        return None
+    try:
+        task, round_, digest, n_samples = contract.codec.decode_call("submitUpdate", data)
+        cid = Cid(bytes(digest))
+    except Exception:  # a malformed call reverts on chain as well
+        return None
+    sub = SubmittedUpdate(to_checksum_address(tx.sender), cid, int(n_samples), -1)
+    return int(task), int(round_), sub
+
+
+def in_block_submissions(
+    contract: LedgerContract,
+    transactions: Sequence[Any],
+    succeeded: Sequence[bool],
+    task_id: int,
+    round_: int,
+    block: int,
+) -> list[SubmittedUpdate]:
+    """The submissions to (task, round) that ``transactions`` (a block's, up to some point, each
+    with whether it succeeded) recorded, in order: what their ``UpdateSubmitted`` events say."""
+    out = []
+    for tx, ok in zip(transactions, succeeded, strict=True):
+        if not ok:
+            continue
+        decoded = decode_submission(contract, tx)
+        if decoded is not None and decoded[:2] == (task_id, round_):
+            out.append(replace(decoded[2], block=block))
     return out

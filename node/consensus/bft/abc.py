@@ -60,18 +60,29 @@ class ConsensusNetworkAPI(Protocol):
 
 @runtime_checkable
 class ProposalSource(Protocol):
-    """Transactions a node wants at the front of the blocks it proposes itself.
+    """Transactions a node wants in the blocks it proposes itself.
 
     The ledger contract lets only a block's proposer commit a federated-learning round
     (``msg.sender == block.coinbase``), so such a transaction cannot travel through the mempool:
     whichever miner leads the height must sign its own. ``wants_block`` also wakes an idle height
     (the consensus makes no block without work), e.g. when a round's deadline has passed.
+
+    The source may also take transactions from the mempool and put them first, in its own order
+    (e.g. the round's last submissions, followed by the ``commitRound`` that closes the round on
+    them, so that one block both records and commits them); the block's remaining mempool
+    transactions follow.
     """
 
     def wants_block(self) -> bool:
         """Whether a block is wanted now even with an empty mempool (cheap; polled often)."""
         ...
 
-    async def transactions(self, head_number: int) -> list[bytes]:
-        """Raw signed transactions for a block on top of ``head_number`` (may be empty)."""
+    async def prepare(self, head_number: int, round_: int) -> None:
+        """Called by a leader before it asks for :meth:`transactions`: return once what the
+        source is still computing for this block is ready (the caller bounds the wait)."""
+        ...
+
+    async def transactions(self, head_number: int, round_: int = 0) -> list[bytes]:
+        """Raw signed transactions for a block on top of ``head_number`` proposed in consensus
+        round ``round_`` (may be empty)."""
         ...

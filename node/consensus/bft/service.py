@@ -117,6 +117,9 @@ class ConsensusSettings:
     max_block_txs: int = 1000
     proposal_wait_s: float = 0.2
     """A leader whose mempool is empty waits this long for transactions before proposing."""
+    prepare_wait_s: float = 1.0
+    """The longest a leader waits for its proposal source to get ready (e.g. to judge the
+    round its block's submissions complete); it stays well below the propose timeout."""
     max_block_interval_s: float = 0.0
     """When > 0, a height with nothing pending starts anyway after this long (an empty block,
     e.g. so that time-based contract rules advance); 0 = never make empty blocks."""
@@ -529,8 +532,13 @@ class ConsensusService(Service):
             await trio.sleep(0.02)
         first: list[bytes] = []
         if self.proposals is not None:
+            with trio.move_on_after(self.settings.prepare_wait_s):
+                try:
+                    await self.proposals.prepare(action.height - 1, action.round)
+                except Exception as exc:  # the block goes without what was not ready
+                    log.error("proposal source failed", error=repr(exc))
             try:
-                first = await self.proposals.transactions(action.height - 1)
+                first = await self.proposals.transactions(action.height - 1, action.round)
             except Exception as exc:  # a block without them is still a block
                 log.error("proposal source failed", error=repr(exc))
         try:

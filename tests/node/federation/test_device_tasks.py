@@ -1,5 +1,6 @@
 """A device lets a finished task's learner go (its shard, model and optimiser) and still reports
-the task: one real node that publishes, trains and judges a one-round task on its own chain."""
+the task: one real node that publishes, trains and judges a one-round task on its own chain, and
+commits the round in the block that records its update."""
 
 from __future__ import annotations
 
@@ -68,3 +69,7 @@ async def test_a_finished_task_releases_its_learner_and_stays_in_the_status(
             node.request_stop()
     assert report["samples"] > 0 and 0 < report["epsilon_spent"] <= report["epsilon_budget"]
     assert report["refused"] is False
+    # The miner judged the round while the update's transaction waited in its mempool, and led
+    # one block that recorded the submission and committed the round on it.
+    (committed,) = status["committed"]
+    assert committed["block"] == committed["last_submission_block"], committed
