@@ -78,6 +78,7 @@ CALL_GAS = 50_000_000
 MAX_BLOCK_SIZE = 4 * 2**20
 _CACHE_NODES = True  # py-evm reads the DB through a ContentCacheDB (off: for comparisons)
 _MAX_BUILT = 8  # built, not yet imported blocks kept for a cheap import of one of them
+_MAX_CACHED_CALLS = 512  # view-call results kept per head
 
 
 # -- accelerators for py-evm's pure-Python hot paths -------------------------------------------
@@ -1039,6 +1040,8 @@ class Chain:
         # them needs no re-execution (see import_block). Bounded: consensus may ask for several
         # proposals at one height, and only one is ever imported.
         self._built: dict[bytes, BlockAPI] = {}
+        self._calls_at = b""  # the head whose view-call results self._calls holds
+        self._calls: dict[tuple[bytes, bytes, bytes, int, int], bytes] = {}
         # (hash, transaction count) of the last block imported, so head() need not decode it.
         self._head_tx_count: tuple[bytes, int] | None = None
         self._reader: tuple[bytes, StateAPI] | None = None
@@ -1351,7 +1354,18 @@ class Chain:
         value: int = 0,
         gas: int = CALL_GAS,
     ) -> bytes:
-        """Execute a read-only call against the head state (like ``eth_call``)."""
+        """Execute a read-only call against the head state (like ``eth_call``).
+
+        Results are remembered until the head changes: py-evm takes milliseconds to tens of
+        milliseconds per view call, and the roles, the API and the consensus hooks of one node
+        read the same views at the same head (a task, its committee) several times."""
+        head = self._chain.get_canonical_head()
+        key = (as_address(to), bytes(data), as_address(sender), value, gas)
+        if self._calls_at != head.hash:
+            self._calls_at, self._calls = head.hash, {}
+        cached = self._calls.get(key)
+        if cached is not None:
+            return cached
         vm = self._chain.get_vm()
         utx = vm.create_unsigned_transaction(
             nonce=vm.state.get_nonce(as_address(sender)),
@@ -1362,13 +1376,16 @@ class Chain:
             data=data,
         )
         try:
-            return self._chain.get_transaction_result(
-                SpoofTransaction(utx, from_=as_address(sender)), self._chain.get_canonical_head()
+            result = self._chain.get_transaction_result(
+                SpoofTransaction(utx, from_=as_address(sender)), head
             )
         except ValidationError:
             raise
         except Exception as exc:
             raise ContractReverted(self._reason(exc)) from None
+        if len(self._calls) < _MAX_CACHED_CALLS:
+            self._calls[key] = result
+        return result
 
     @staticmethod
     def _reason(error: Exception | None) -> str:
@@ -1422,6 +1439,22 @@ class Chain:
 
     def receipts(self, number: int) -> list[Receipt]:
         return self._receipts_of(self.block(number))
+
+    def may_have_logs(
+        self, from_block: int, to_block: int, *, address: str | bytes, topics: Sequence[bytes]
+    ) -> bool:
+        """Whether a block in the range may hold a log of ``address`` whose first topic is one of
+        ``topics``: header blooms only (false positives possible, never false negatives)."""
+        want = as_address(address)
+        last = min(to_block, self.head_header().block_number)
+        for number in range(max(0, from_block), last + 1):
+            header = self._chain.get_canonical_block_header_by_number(number)
+            if header.gas_used == 0:
+                continue
+            bloom = BloomFilter(header.bloom)
+            if want in bloom and any(topic in bloom for topic in topics):
+                return True
+        return False
 
     def logs(
         self,

@@ -43,6 +43,10 @@ from ..learning.offload import HeadTrainingJob
 from . import ledgerview
 from .context import FederationContext, FederationError, run_low_priority
 
+_TASK_EVENTS = ("TaskCreated", "TaskJoined", "RoundCommitted", "TaskClosed")
+"""The ledger events after which a device may have something to do."""
+_QUIET_MAX_S = 10.0
+
 HeadOffload = Callable[[int, HeadTrainingJob], Any]
 
 
@@ -60,10 +64,13 @@ class DeviceRole:
         self._refused: set[int] = set()
         self._unservable: dict[int, str] = {}
         self._busy = False
+        self._quiet: tuple[int, float] | None = None
+        """(head number, monotonic time) of the last step that found nothing to do."""
         self._wake = trio.Event()
         self.poison = self.settings.fault if self.settings.fault in POISONS else None
 
     def poke(self) -> None:
+        self._quiet = None  # e.g. a task joined through the API: look at the ledger again
         self._wake.set()
 
     async def run(self) -> None:
@@ -88,6 +95,10 @@ class DeviceRole:
 
     async def _step(self) -> None:
         chain, contract = self.ctx.chain, self.ctx.contract
+        head = chain.latest_head
+        if head is not None and await self._still_quiet(head.number):
+            return
+        self._quiet = None
         tasks = await chain.run_sync(ledgerview.tasks, chain.chain, contract)
         for task in tasks:
             if task.closed or task.finished:
@@ -115,6 +126,34 @@ class DeviceRole:
                 continue
             await self._train_and_submit(task)
             return  # one round at a time; look at the ledger again first
+        # Nothing to do at this head: until a block may carry a task-level event, further heads
+        # (e.g. the other devices' submissions) change nothing for this device.
+        if head is not None:
+            self._quiet = (head.number, time.monotonic())
+
+    async def _still_quiet(self, head_number: int) -> bool:
+        """Whether the last step found nothing to do and no block since may have changed that:
+        no ``TaskCreated``, ``TaskJoined``, ``RoundCommitted`` or ``TaskClosed`` in the header
+        blooms, and less than :data:`_QUIET_MAX_S` ago (a full look now and then catches what
+        blooms cannot say, e.g. a submission that left the mempool without a block)."""
+        if self._quiet is None:
+            return False
+        since, at = self._quiet
+        if time.monotonic() - at > _QUIET_MAX_S:
+            return False
+        if head_number <= since:
+            return True
+        chain, contract = self.ctx.chain, self.ctx.contract
+        topics = [contract.event_topic(name) for name in _TASK_EVENTS]
+        busy = await chain.run_sync(
+            lambda: chain.chain.may_have_logs(
+                since + 1, head_number, address=contract.address, topics=topics
+            )
+        )
+        if busy:
+            return False
+        self._quiet = (head_number, at)
+        return True
 
     async def _already_trained(self, task: TaskInfo) -> bool:
         """Whether this round was trained already (never train a round twice: each run spends

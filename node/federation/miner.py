@@ -411,7 +411,10 @@ class MinerRole:
         (logged) when the proposal cannot be right or no judgment came in time."""
         with trio.move_on_after(_VALIDATE_WAIT_S):
             while True:
-                await self.refresh_task(task_id)
+                view = self._views.get(task_id)
+                head = self.ctx.chain.latest_head
+                if view is None or head is None or view.head_number != head.number:
+                    await self.refresh_task(task_id)  # a proposal builds on the latest head
                 view = self._views.get(task_id)
                 state = self._rounds.get(task_id)
                 if view is None or state is None or view.round != round_:

@@ -13,7 +13,7 @@ from flnode.consensus import chain
 from flnode.consensus.network import NetworkSpec
 from flnode.storage.chaindb import SqliteAtomicDB
 
-from .conftest import Cast
+from .conftest import Cast, Ledger
 from .test_chain import _fill
 
 
@@ -214,3 +214,37 @@ def test_node_helpers_match_the_originals() -> None:
     for a in keys:
         for b in keys:
             assert nodes.key_starts_with(a, b) == chain.REPLACED["key_starts_with"](a, b)
+
+
+def test_view_calls_are_remembered_until_the_head_changes(ledger: Ledger) -> None:
+    chain_, contract = ledger.chain, ledger.contract
+    task = ledger.create_task(rounds=2, per_round=2)
+    first = contract.task(chain_.call, task)
+    cached = dict(chain_._calls)
+    assert cached, "the call was not remembered"
+    assert contract.task(chain_.call, task) == first
+    assert chain_._calls == cached  # served from memory, nothing new computed
+
+    device = ledger.cast.devices[0]
+    ledger.join_and_submit(task, 0, [device])  # new heads: the remembered result is stale
+    after = contract.task(chain_.call, task)
+    assert (first.submitted, after.submitted) == (0, 1)
+
+
+def test_header_blooms_tell_which_blocks_may_hold_an_event(ledger: Ledger) -> None:
+    chain_, contract = ledger.chain, ledger.contract
+    start = chain_.head().number
+    task = ledger.create_task(rounds=2, per_round=2)
+    created = chain_.head().number
+    ledger.join_and_submit(task, 0, ledger.cast.devices[:1])
+    topics = [contract.event_topic("TaskCreated")]
+    address = contract.address
+    assert chain_.may_have_logs(start + 1, created, address=address, topics=topics)
+    # the join and the submission: no TaskCreated in their blocks' blooms
+    assert not chain_.may_have_logs(
+        created + 1, chain_.head().number, address=address, topics=topics
+    )
+    submitted = [contract.event_topic("UpdateSubmitted")]
+    assert chain_.may_have_logs(
+        created + 1, chain_.head().number, address=address, topics=submitted
+    )
