@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+from eth_hash.auto import keccak
 
 from ..cid import Cid
 from ..consensus.ledger import TaskInfo
@@ -64,6 +65,8 @@ class DeviceRole:
         self._refused: set[int] = set()
         self._unservable: dict[int, str] = {}
         self._busy = False
+        self._joined: set[int] = set()
+        self._committees: dict[int, tuple[str, ...]] = {}
         self._quiet: tuple[int, float] | None = None
         """(head number, monotonic time) of the last step that found nothing to do."""
         self._wake = trio.Event()
@@ -108,12 +111,14 @@ class DeviceRole:
                 continue
             if task.id in self._unservable:
                 continue
-            joined = await chain.run_sync(
+            joined = task.id in self._joined or await chain.run_sync(
                 lambda t=task.id: bool(
                     contract.view(chain.chain.call, "joined", t, self.ctx.address)
                 )
             )
-            if not joined:
+            if joined:
+                self._joined.add(task.id)  # joining is for good: no need to ask again
+            else:
                 if self.settings.auto_join and task.id not in self._joining:
                     await self.join(task.id)
                 continue
@@ -244,10 +249,16 @@ class DeviceRole:
         started_at = time.time()
         t_fetch = time.perf_counter()
         # The committee computed (and holds) every aggregate; the owner holds the first model.
-        committee = await self.ctx.chain.run_sync(
-            self.ctx.contract.committee, self.ctx.chain.chain.call, task.id
-        )
-        model = await self.ctx.fetch(task.model, prefer=[*committee, task.owner], pin=True)
+        # A task's committee is fixed when it is created. Each device asks its members in its
+        # own order, so that a round's devices do not all fetch from the first member at once.
+        committee = self._committees.get(task.id)
+        if committee is None:
+            committee = await self.ctx.chain.run_sync(
+                self.ctx.contract.committee, self.ctx.chain.chain.call, task.id
+            )
+            self._committees[task.id] = committee
+        ask = sorted(committee, key=lambda m: keccak(f"{m}{self.ctx.address}".lower().encode()))
+        model = await self.ctx.fetch(task.model, prefer=[*ask, task.owner], pin=True)
         fetch_s = time.perf_counter() - t_fetch
         learner = await self._learner(task)
         note = round_note(task.round)

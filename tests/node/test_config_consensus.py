@@ -121,6 +121,7 @@ def test_file_env_and_flags_reach_the_settings(tmp_path: Path) -> None:
         ("max_block_txs = 1.5", "invalid setting consensus.max_block_txs = 1.5"),
         ("max_block_txs = 1000000", "invalid setting consensus.max_block_txs = 1000000"),
         ("proposal_wait_s = -0.2", "invalid setting consensus.proposal_wait_s = -0.2"),
+        ("prepare_wait_s = -1", "invalid setting consensus.prepare_wait_s = -1"),
         ("max_block_interval_s = -1", "invalid setting consensus.max_block_interval_s = -1"),
         ("tx_gossip_interval_s = 0", "invalid setting consensus.tx_gossip_interval_s = 0"),
         ("sync_batch = 0", "invalid setting consensus.sync_batch = 0"),
