@@ -60,14 +60,13 @@ class RoundView:
 
     @property
     def key(self) -> tuple[int, int, tuple[str, ...]]:
-        """(task, round, each submission's device, CID and sample count): two views with equal
-        keys judge the same round. Sorted, as miners judge a round's submissions in device
-        address order (so a round judged while its last submissions were still pending is the
-        same round once a block has recorded them, in whatever order)."""
+        """(task, round, each submission's device, CID and sample count, in ledger order): two
+        views with equal keys judge the same round (the order matters: of two byte copies, the
+        first stands)."""
         return (
             self.task.id,
             self.task.round,
-            tuple(sorted(f"{s.device.lower()}:{s.cid}:{s.n_samples}" for s in self.submissions)),
+            tuple(f"{s.device.lower()}:{s.cid}:{s.n_samples}" for s in self.submissions),
         )
 
     def extended(self, extra: Sequence[SubmittedUpdate]) -> RoundView:

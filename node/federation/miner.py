@@ -13,7 +13,8 @@ past a BFT quorum of honest miners):
    has finished, it runs :func:`~flnode.learning.federated.judge_round` (shape/dtype/finite/norm
    checks, then the task's robust rule) and stores the aggregate in its blob store. It also
    judges, ahead of time, the round as the pending submissions would complete it (their senders
-   in address order, as many as the round still takes).
+   in address order, as many as the round still takes; never when two of them are byte copies,
+   since the first copy in ledger order stands).
 3. **Propose**: through the consensus' :class:`~flnode.consensus.bft.abc.ProposalSource` hook,
    the miner that leads a height puts its own signed ``commitRound`` in its block (the contract
    accepts it only from the block's coinbase): first, when the head's round is closable; or,
@@ -168,7 +169,8 @@ class MinerRole:
     ) -> tuple[ledgerview.RoundView, list[_Pending]] | None:
         """The round completed by submissions still in the mempool, with their transactions:
         the senders' next-in-line ``submitUpdate`` for this round, in address order (every miner
-        picks the same ones), as many as the round still takes. None when too few are pending."""
+        picks the same ones, and the leader puts them in its block in that order), as many as the
+        round still takes. None when too few are pending, or two of them carry the same CID."""
         need = view.task.updates_per_round - len(view.submissions)
         if need <= 0:
             return None
@@ -184,6 +186,11 @@ class MinerRole:
         if len(pending) < need:
             return None
         chosen = pending[:need]
+        if len({p.sub.cid for p in chosen}) < len(chosen):
+            # Of two byte copies the first in ledger order stands. Address order would hand that
+            # to whoever has the lower address (a copier can pick its key): let a block record
+            # them in arrival order first, and close the round in the next.
+            return None
         extra = [replace(p.sub, block=view.head_number + 1) for p in chosen]
         return view.extended(extra), chosen
 
@@ -690,7 +697,7 @@ class MinerRole:
             model = await trio.to_thread.run_sync(self.ctx.blobs.get, state.model)
             subs = [
                 Submission(s.device, str(s.cid), s.n_samples, state.fetched.get(str(s.cid)))
-                for s in sorted(view.submissions, key=lambda s: s.device.lower())
+                for s in view.submissions
             ]
 
             def judge() -> RoundDecision:
