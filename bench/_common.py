@@ -8,6 +8,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,17 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def round_printer(label: str) -> Callable[[dict[str, Any]], None]:
+    """A ``run_task`` progress callback that prints ``[label] round N`` once per round."""
+    last: list[Any] = [None]
+
+    def show(event: dict[str, Any]) -> None:
+        key = (event.get("stage"), event.get("round"))
+        if key != last[0]:
+            last[0] = key
+            if event.get("stage") == "running":
+                print(f"[{label}] round {event.get('round')}", flush=True)
+
+    return show

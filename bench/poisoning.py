@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from bench._common import write_result
+from bench._common import round_printer, write_result
 from flnode.devnet import down, prepare, up
 from flnode.devnet.layout import NodeSpec, layout_from_counts
 from flnode.devnet.training import DEFAULT_TASK_SPEC, run_task
@@ -100,7 +100,7 @@ async def run_scenario(
             network,
             task_spec(devices, rounds, rule, params),
             timeout_s=900.0 + 180.0 * rounds,
-            on_progress=_printer(name),
+            on_progress=round_printer(name),
         )
     finally:
         down(network)
@@ -131,19 +131,6 @@ async def run_scenario(
     }
     print(f"[{name}] final accuracy {record['final_accuracy']} in {record['seconds']} s")
     return record
-
-
-def _printer(name: str) -> Any:
-    last: list[Any] = [None]
-
-    def show(event: dict[str, Any]) -> None:
-        key = (event.get("stage"), event.get("round"))
-        if key != last[0]:
-            last[0] = key
-            if event.get("stage") == "running":
-                print(f"[{name}] round {event.get('round')}", flush=True)
-
-    return show
 
 
 def criteria(clean: dict[str, Any], robust: dict[str, Any]) -> dict[str, Any]:

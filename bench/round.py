@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from bench._common import write_result
+from bench._common import round_printer, write_result
 from flnode.devnet import down, layout_from_counts, prepare, up
 from flnode.devnet.training import DEFAULT_TASK_SPEC, run_task
 
@@ -94,7 +94,7 @@ async def measure(devices: int, rounds: int, workdir: Path) -> dict[str, Any]:
             network,
             task_spec(devices, rounds),
             timeout_s=600.0 + 120.0 * rounds * max(1, devices // 4),
-            on_progress=_printer(devices),
+            on_progress=round_printer(f"{devices} devices"),
         )
     finally:
         down(network)
@@ -125,19 +125,6 @@ async def measure(devices: int, rounds: int, workdir: Path) -> dict[str, Any]:
         flush=True,
     )
     return record
-
-
-def _printer(devices: int) -> Any:
-    last: list[Any] = [None]
-
-    def show(event: dict[str, Any]) -> None:
-        key = (event.get("stage"), event.get("round"))
-        if key != last[0]:
-            last[0] = key
-            if event.get("stage") == "running":
-                print(f"[{devices} devices] round {event.get('round')}", flush=True)
-
-    return show
 
 
 def main(argv: list[str] | None = None) -> int:
