@@ -37,7 +37,7 @@ import trio
 from bench._common import round_printer, write_result
 from flnode.devnet import down, prepare, up
 from flnode.devnet.layout import NodeSpec, layout_from_counts
-from flnode.devnet.training import DEFAULT_TASK_SPEC, run_task
+from flnode.devnet.training import edit_spec, run_task
 from flnode.learning.federated import POISONS
 
 MINERS = 4
@@ -46,19 +46,11 @@ MAX_ACCURACY_GAP = 0.02  # issue #11: the robust run's final accuracy within 2 p
 
 def task_spec(devices: int, rounds: int, rule: str, params: dict[str, int]) -> str:
     """The default devnet task, ``rounds`` rounds that close when every device is in, ``rule``."""
-    out = []
-    for line in DEFAULT_TASK_SPEC.splitlines():
-        if line.startswith("rounds = "):
-            line = f"rounds = {rounds}"
-        elif line.startswith("updates_per_round = "):
-            line = f"updates_per_round = {devices}"
-        elif line.startswith("rule = "):
-            line = f'rule = "{rule}"'
-            if params:
-                inline = ", ".join(f"{k} = {v}" for k, v in params.items())
-                line += f"\nparams = {{ {inline} }}"
-        out.append(line)
-    return "\n".join(out) + "\n"
+    spec = edit_spec(rounds=rounds, updates_per_round=devices, rule=rule)
+    if params:
+        inline = ", ".join(f"{k} = {v}" for k, v in params.items())
+        spec = spec.replace(f'rule = "{rule}"\n', f'rule = "{rule}"\nparams = {{ {inline} }}\n')
+    return spec
 
 
 def attackers(kinds: list[str]) -> tuple[NodeSpec, ...]:

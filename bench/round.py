@@ -42,7 +42,7 @@ import trio
 
 from bench._common import round_printer, write_result
 from flnode.devnet import down, layout_from_counts, prepare, up
-from flnode.devnet.training import DEFAULT_TASK_SPEC, run_task
+from flnode.devnet.training import edit_spec, run_task
 
 MINERS = 4
 TARGET_OVERHEAD_S = 1.5  # issue #10: at 8 devices and 4 miners
@@ -58,14 +58,7 @@ PARTS = (
 
 def task_spec(devices: int, rounds: int) -> str:
     """The default devnet task with ``rounds`` rounds, each closing when all devices are in."""
-    out = []
-    for line in DEFAULT_TASK_SPEC.splitlines():
-        if line.startswith("rounds = "):
-            line = f"rounds = {rounds}"
-        elif line.startswith("updates_per_round = "):
-            line = f"updates_per_round = {devices}"
-        out.append(line)
-    return "\n".join(out) + "\n"
+    return edit_spec(rounds=rounds, updates_per_round=devices)
 
 
 def _median(values: list[float]) -> float | None:

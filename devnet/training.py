@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import trio
 
 from ..api import ApiClient
@@ -66,6 +67,20 @@ updates_per_round = 8
 min_updates = 2
 eval_size = 10000
 """
+
+
+def edit_spec(spec: str = DEFAULT_TASK_SPEC, **values: object) -> str:
+    """``spec`` (task-spec TOML) with the line of each key in ``values`` set to that value, e.g.
+    ``edit_spec(rounds=3, eval_size=2000)`` for a shorter default task. Each key must name one
+    line of ``spec`` (keys are unique across its sections), else ``KeyError``."""
+    lines = spec.splitlines()
+    for key, value in values.items():
+        matches = [i for i, line in enumerate(lines) if line.split(" = ")[0] == key]
+        if len(matches) != 1:
+            raise KeyError(f"{key!r} is on {len(matches)} lines of the spec, not one")
+        lines[matches[0]] = tomli_w.dumps({key: value}).strip()
+    return "\n".join(lines) + "\n"
+
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

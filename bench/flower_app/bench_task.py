@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from flnode.devnet.training import DEFAULT_TASK_SPEC
+from flnode.devnet.training import edit_spec
 from flnode.learning.federated import (
     DeviceLearner,
     device_shard,
@@ -31,21 +31,9 @@ from flnode.learning.taskspec import load_task_spec
 
 def task_spec(clients: int, rounds: int, rule: str = "fedavg") -> str:
     """The default devnet task with ``rounds`` rounds, each closing when all clients are in."""
-    out = []
-    section = ""
-    for line in DEFAULT_TASK_SPEC.splitlines():
-        if line.startswith("["):
-            section = line
-        if line.startswith("rounds = "):
-            line = f"rounds = {rounds}"
-        elif line.startswith("updates_per_round = "):
-            line = f"updates_per_round = {clients}"
-        elif line.startswith("min_updates = "):
-            line = f"min_updates = {min(2, clients)}"
-        elif section == "[aggregation]" and line.startswith("rule = "):
-            line = f'rule = "{rule}"'
-        out.append(line)
-    return "\n".join(out) + "\n"
+    return edit_spec(
+        rounds=rounds, updates_per_round=clients, min_updates=min(2, clients), rule=rule
+    )
 
 
 def config(shards: int, rounds: int) -> SimulationConfig:

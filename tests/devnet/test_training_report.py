@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 
-from flnode.devnet.training import critical_path
+from flnode.devnet.training import DEFAULT_TASK_SPEC, critical_path, edit_spec
 
 T0 = 1_000.0
 
@@ -69,3 +71,20 @@ def test_records_without_the_moments_give_no_split(missing: str) -> None:
 def test_a_round_nobody_submitted_to_gives_no_split() -> None:
     assert critical_path(_miner(), {}) is None
     assert critical_path(_miner(), {"d": {"refused": "budget"}}) is None
+
+
+def test_edit_spec_sets_the_named_keys_and_nothing_else() -> None:
+    spec = tomllib.loads(edit_spec(rounds=3, rule="multikrum", deadline_s=45.0))
+    default = tomllib.loads(DEFAULT_TASK_SPEC)
+    assert spec["training"]["rounds"] == 3
+    assert spec["aggregation"]["rule"] == "multikrum"
+    assert spec["round"]["deadline_s"] == 45.0
+    default["training"]["rounds"] = 3
+    default["aggregation"]["rule"] = "multikrum"
+    default["round"]["deadline_s"] = 45.0
+    assert spec == default
+
+
+def test_edit_spec_refuses_a_key_the_spec_lacks() -> None:
+    with pytest.raises(KeyError, match="'roundz' is on 0 lines"):
+        edit_spec(roundz=3)

@@ -30,7 +30,7 @@ from flnode.consensus.network import load_network
 from flnode.devnet import down, endpoint, layout_from_counts, prepare, up
 from flnode.devnet.chaos import ChaosMonkey, ChaosSettings
 from flnode.devnet.network import CHAIN_FILE, Network
-from flnode.devnet.training import DEFAULT_TASK_SPEC, run_task
+from flnode.devnet.training import edit_spec, run_task
 from flnode.rpc import RpcError
 
 MINERS = 4
@@ -39,17 +39,7 @@ MINERS = 4
 def _spec(devices: int, rounds: int) -> str:
     """The default task, smaller: ``rounds`` rounds that close when every device is in or after
     45 s (a device that is down does not hold a round up for long), evaluated on 2,000 images."""
-    out = []
-    for line in DEFAULT_TASK_SPEC.splitlines():
-        key = line.split(" = ")[0]
-        line = {
-            "rounds": f"rounds = {rounds}",
-            "updates_per_round": f"updates_per_round = {devices}",
-            "deadline_s": "deadline_s = 45.0",
-            "eval_size": "eval_size = 2000",
-        }.get(key, line)
-        out.append(line)
-    return "\n".join(out) + "\n"
+    return edit_spec(rounds=rounds, updates_per_round=devices, deadline_s=45.0, eval_size=2000)
 
 
 async def _call(network: Network, name: str, method: str, params: Any = None) -> Any:

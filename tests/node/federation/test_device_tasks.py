@@ -11,7 +11,7 @@ import trio
 
 from flnode.api import ApiClient, ApiEndpoint
 from flnode.config import NodeConfig
-from flnode.devnet.training import DEFAULT_TASK_SPEC
+from flnode.devnet.training import edit_spec
 from flnode.node import Node
 from tests.networks import one_node_network
 
@@ -19,19 +19,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _spec() -> str:
-    out = []
-    for line in DEFAULT_TASK_SPEC.splitlines():
-        key = line.split(" = ")[0]
-        out.append(
-            {
-                "rounds": "rounds = 1",
-                "updates_per_round": "updates_per_round = 1",
-                "min_updates": "min_updates = 1",
-                "eval_size": "eval_size = 500",
-                "pretrain_epochs": "pretrain_epochs = 1",
-            }.get(key, line)
-        )
-    return "\n".join(out) + "\n"
+    return edit_spec(rounds=1, updates_per_round=1, min_updates=1, eval_size=500, pretrain_epochs=1)
 
 
 async def test_a_finished_task_releases_its_learner_and_stays_in_the_status(

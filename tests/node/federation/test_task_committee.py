@@ -21,24 +21,14 @@ from flnode.api.client import ApiClient
 from flnode.devnet import down, endpoint, layout_from_counts, prepare, up
 from flnode.devnet.layout import NodeSpec
 from flnode.devnet.network import Network
-from flnode.devnet.training import DEFAULT_TASK_SPEC
+from flnode.devnet.training import edit_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 DEVICES = 3
 
 
 def _spec() -> str:
-    out = []
-    for line in DEFAULT_TASK_SPEC.splitlines():
-        key = line.split(" = ")[0]
-        out.append(
-            {
-                "rounds": "rounds = 2",
-                "updates_per_round": f"updates_per_round = {DEVICES}",
-                "eval_size": "eval_size = 2000",
-            }.get(key, line)
-        )
-    return "\n".join(out) + "\n"
+    return edit_spec(rounds=2, updates_per_round=DEVICES, eval_size=2000)
 
 
 async def _call(network: Network, name: str, method: str, params: Any = None) -> Any:
