@@ -34,8 +34,10 @@ failed) if the machine's available memory falls below ``--min-free-gib``, so tha
 does not bring the out-of-memory killer onto other processes. A failed size stops the sizes
 after it. After the listed sizes it runs one more (unless ``--no-fill``): the largest device
 count the memory estimate allows then, if that is larger than every size that ran: the largest
-devnet of processes this machine holds (recorded with ``chosen``). Ctrl-C stops the running
-devnet and writes nothing.
+devnet of processes this machine holds (recorded with ``chosen``). ``--merge FILE`` adds the
+records of an earlier result file (each tagged ``run`` with that run's date and command; sizes
+measured again replace them), so that sizes measured at different times share one fit. Ctrl-C
+stops the running devnet and writes nothing.
 
 Finally it fits ``round_s``, ``overhead_s`` and ``train_s`` against the device count: a
 least-squares line (seconds per added device) and the slope of the log-log line (the growth
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import os
 import subprocess
@@ -286,7 +289,29 @@ class MemorySampler:
 
 
 class SizeStopped(Exception):
-    """A size was stopped before its task finished (low memory, or --stop-at)."""
+    """A size did not finish (low memory, --stop-at, or an error); ``measured`` is what was
+    measured until then."""
+
+    def __init__(self, reason: str, measured: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.measured = measured or {}
+
+
+def _partial(
+    sampler: MemorySampler, timings: dict[str, float], devices: int, network: Network
+) -> dict[str, Any]:
+    """What a size that did not finish still measured: its start-up, and its memory so far."""
+    return {
+        "processes": len(network.nodes),
+        "startup_s": _rounded(timings.get("startup_s"), 2),
+        "peak_rss_gib": round(sampler.peak_rss / GIB, 3),
+        "peak_pss_gib": round(sampler.peak_pss / GIB, 3),
+        "peak_pss_per_role_gib": sampler.per_role(sampler.node_pss),
+        "min_available_gib": None
+        if sampler.min_available is None
+        else round(sampler.min_available / GIB, 2),
+        "devnet_dir": str(network.dir),
+    }
 
 
 def shard_sizes(spec_text: str, shards: int, devices: int) -> list[int] | None:
@@ -356,10 +381,14 @@ async def measure(
     try:
         with sampler, scope:
             await work()
+    except (DevnetError, OSError) as exc:
+        raise SizeStopped(str(exc), _partial(sampler, timings, devices, network)) from None
     finally:
         down(network)
     if scope.cancelled_caught or result is None:
-        raise SizeStopped(sampler.low or "--stop-at reached")
+        raise SizeStopped(
+            sampler.low or "--stop-at reached", _partial(sampler, timings, devices, network)
+        )
     report = result.report
     rows = []
     for r in report["rounds"]:
@@ -557,6 +586,24 @@ def fill_size(
     return n
 
 
+def merge_records(
+    earlier: dict[str, Any], remeasured: Sequence[int]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records of an earlier result file (``--merge``) except the sizes measured again, each
+    tagged with its run's date and command, and a summary of that run."""
+    run = {
+        key: earlier.get(key)
+        for key in ("date", "command", "load_average_before", "load_average_after", "code")
+    }
+    tag = {"date": run["date"], "command": run["command"]}
+    records = [
+        {**r, "run": r.get("run", tag)}
+        for r in earlier.get("records", [])
+        if r["devices"] not in remeasured
+    ]
+    return records, run
+
+
 def code_state() -> dict[str, Any]:
     """The commit the nodes ran and the files that differed from it (the devnet runs this
     working tree, whatever is uncommitted in it)."""
@@ -609,6 +656,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="do not add the largest size the memory estimate allows after the listed ones",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="an earlier result file whose records join this run's (sizes measured again here "
+        "replace them); each keeps the date and command of its run",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="keep the devnets here")
     args = parser.parse_args(argv)
     counts = sorted(set(args.devices))
@@ -620,6 +674,11 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     code = code_state()
     records: list[dict[str, Any]] = []
+    merged_from: list[dict[str, Any]] = []
+    if args.merge is not None:
+        earlier, run = merge_records(json.loads(args.merge.read_text(encoding="utf-8")), counts)
+        records.extend(earlier)
+        merged_from.append(run)
 
     def attempt(n: int, workdir: Path, note: str | None = None) -> dict[str, Any] | None:
         """Run size ``n`` (or record why not); None on Ctrl-C."""
@@ -643,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             per_other_gib=per_other,
             reserve_gib=args.reserve_gib,
         )
-        if reason is None and any(r["status"] == "failed" for r in records):
+        if reason is None and any(r["status"] == "failed" and r["devices"] < n for r in records):
             reason = "a smaller size failed"
         if reason is None and deadline is not None and time.time() >= deadline:
             reason = f"--stop-at {args.stop_at} UTC reached before this size started"
@@ -671,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
         except (SizeStopped, DevnetError, OSError) as exc:
             print(f"[{n} devices] failed: {exc}", flush=True)
             record = {"devices": n, "status": "failed", "reason": str(exc)}
+            if isinstance(exc, SizeStopped):
+                record["measured_until_stopped"] = exc.measured
         record["memory"] = estimate
         if note:
             record["chosen"] = note
@@ -713,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         "fit": fit,
         "records": records,
         "memory_total_gib": round(psutil.virtual_memory().total / GIB, 2),
+        "merged_from": merged_from,
         "code": code,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

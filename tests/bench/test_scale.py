@@ -162,3 +162,21 @@ def test_fill_adds_a_size_only_beyond_every_size_that_ran() -> None:
     failed = {"devices": 20, "status": "failed", "reason": "x"}
     assert scale.fill_size([ran, failed], args, available=1000.0) is None
     assert scale.fill_size([], args, available=1000.0) is None
+
+
+def test_merge_keeps_earlier_sizes_not_measured_again_tagged_with_their_run() -> None:
+    earlier = {
+        "date": "2026-12-07T02:00:00+00:00",
+        "command": "python -m bench.scale",
+        "records": [
+            {"devices": 10, "status": "ok", "round_s": 11.0},
+            {"devices": 25, "status": "skipped", "reason": "memory"},
+            {"devices": 21, "status": "ok", "round_s": 20.0},
+        ],
+    }
+    records, run = scale.merge_records(earlier, [25])
+    assert [r["devices"] for r in records] == [10, 21]
+    assert all(r["run"]["command"] == "python -m bench.scale" for r in records)
+    assert run["date"] == "2026-12-07T02:00:00+00:00"
+    again, _ = scale.merge_records({**earlier, "date": "later", "records": records}, [])
+    assert all(r["run"]["date"] == "2026-12-07T02:00:00+00:00" for r in again)  # kept
