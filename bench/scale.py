@@ -65,7 +65,7 @@ from typing import Any
 
 import trio
 
-from bench._common import RESULTS_DIR, write_result
+from bench._common import RESULTS_DIR, round_printer, write_result
 from bench.round import PARTS, summarise, task_spec
 from flnode.devnet import Network, down, layout_from_counts, prepare, up
 from flnode.devnet.errors import DevnetError
@@ -367,7 +367,7 @@ async def measure(
             network,
             spec,
             timeout_s=600.0 + 60.0 * rounds * max(1, devices // 4),
-            on_progress=_printer(devices),
+            on_progress=round_printer(f"{devices} devices"),
         )
         timings["task_s"] = time.monotonic() - started
 
@@ -448,19 +448,6 @@ async def measure(
 
 def _rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(float(value), digits)
-
-
-def _printer(devices: int) -> Any:
-    last: list[Any] = [None]
-
-    def show(event: dict[str, Any]) -> None:
-        key = (event.get("stage"), event.get("round"))
-        if key != last[0]:
-            last[0] = key
-            if event.get("stage") == "running":
-                print(f"[{devices} devices] round {event.get('round')}", flush=True)
-
-    return show
 
 
 # --------------------------------------------------------------------------------------------------
