@@ -64,7 +64,12 @@ def test_sigkill_during_import_leaves_a_consistent_head(
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith("open"), first
-        time.sleep(rng.uniform(0.02, 0.25))
+        # Kill while the next block imports: right after the worker reports one to three more
+        # blocks (a fixed sleep raced a fast machine, whose worker finished every block first).
+        target = int(first.split()[1]) + rng.randint(1, 3)
+        while (line := proc.stdout.readline()) and line.strip() != f"imported {target}":
+            pass
+        time.sleep(rng.uniform(0.0, 0.02))
         proc.kill()
         proc.wait(timeout=10)
         proc.stdout.close()
