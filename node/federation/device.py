@@ -68,6 +68,7 @@ class DeviceRole:
         self._joined: set[int] = set()
         self._committees: dict[int, tuple[str, ...]] = {}
         self._quiet: tuple[int, float] | None = None
+        self._task_topics = [ctx.contract.event_topic(name) for name in _TASK_EVENTS]
         """(head number, monotonic time) of the last step that found nothing to do."""
         self._wake = trio.Event()
         self.poison = self.settings.fault if self.settings.fault in POISONS else None
@@ -149,7 +150,7 @@ class DeviceRole:
         if head_number <= since:
             return True
         chain, contract = self.ctx.chain, self.ctx.contract
-        topics = [contract.event_topic(name) for name in _TASK_EVENTS]
+        topics = self._task_topics
         busy = await chain.run_sync(
             lambda: chain.chain.may_have_logs(
                 since + 1, head_number, address=contract.address, topics=topics
