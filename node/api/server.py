@@ -144,7 +144,7 @@ class ApiService(Service):
             presented = query.get("token")
             if presented is not None and not tokens_match(self._token, presented[0]):
                 self.stats.rejected_connections += 1
-                log.warning("api connection refused: wrong token", remote=str(request.remote))
+                log.warning("api connection refused: wrong token", remote=remote_address(request))
                 await request.reject(401, body=b"wrong token; use the one in <datadir>/api.token\n")
                 return
             try:
@@ -152,9 +152,13 @@ class ApiService(Service):
             except ConnectionClosed:
                 return
             self.stats.connections_total += 1
-            session = Session(remote=str(ws.remote), authenticated=presented is not None)
+            session = Session(remote=remote_address(ws), authenticated=presented is not None)
             try:
                 await self._serve(ws, session)
+            except (OSError, trio.BrokenResourceError) as exc:
+                # The client's socket failed under us (reset, timed out): that ends this
+                # connection, never the server.
+                log.debug("api connection lost", remote=session.remote, error=repr(exc))
             finally:
                 session.close()
         finally:
@@ -211,3 +215,16 @@ class ApiService(Service):
         await trio.sleep(self.settings.auth_timeout_s)
         if not session.authenticated:
             await ws.aclose(code=1008, reason="not authenticated in time")
+
+
+def remote_address(connection: WebSocketRequest | WebSocketConnection) -> str:
+    """The client's ``host:port``, or ``"gone"`` when its socket was reset already.
+
+    trio-websocket asks the socket (``getpeername``), which raises ENOTCONN once the peer has
+    reset the connection; that happened to a node that was paused (SIGSTOP) while clients
+    waited, and it took the whole API server down.
+    """
+    try:
+        return str(connection.remote)
+    except OSError:
+        return "gone"

@@ -8,6 +8,7 @@ import os
 import stat
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -515,3 +516,51 @@ async def test_subscription_limit_per_connection(running_node: Any, connect: Any
         with pytest.raises(RpcError) as limit:
             await c.subscribe("peer_left")
         assert limit.value.code == -32004 and "api.max_subscriptions" in limit.value.message
+
+
+async def test_clients_that_reset_mid_handshake_never_stop_the_server(
+    running_node: Any, connect: Any
+) -> None:
+    # A client that resets its connection right after its upgrade request (as a paused and
+    # resumed peer, or a port scanner, does) leaves the server a socket whose peer address is
+    # gone (getpeername: ENOTCONN); that must end the connection, not the node's API.
+    import socket
+    import struct
+
+    async with running_node("n") as node:
+        port = urlsplit(_url(node)).port
+        token = node.datadir.read_token()
+        request = (
+            f"GET /?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        for _ in range(60):
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port))
+            await sock.send(request)
+            # SO_LINGER 0: close() sends RST instead of FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            await trio.sleep(0)
+        await trio.sleep(0.5)
+        async with connect(node) as client:
+            info = await client.call("node_info")
+        assert info["peer_id"] == node.identity.peer_id
+
+
+def test_remote_address_of_a_reset_socket_is_gone_not_an_error() -> None:
+    import errno
+
+    from flnode.api.server import remote_address
+
+    class ResetConnection:  # what trio-websocket does once the peer reset: getpeername fails
+        @property
+        def remote(self) -> str:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    class Connected:
+        remote = "127.0.0.1:5555"
+
+    assert remote_address(ResetConnection()) == "gone"  # type: ignore[arg-type]
+    assert remote_address(Connected()) == "127.0.0.1:5555"  # type: ignore[arg-type]
