@@ -44,6 +44,19 @@ def run_info() -> dict[str, Any]:
     }
 
 
+def adopt_orphans() -> None:
+    """Make this process its descendants' *child subreaper* (Linux ``prctl``): a process whose
+    parent exits is re-parented here instead of to init. ``flnode devnet up`` forks the nodes
+    from a zygote that exits once they run; a benchmark that samples its descendants keeps
+    seeing them (and reaps them when they exit)."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``payload`` plus machine and run info to ``bench/results/<name>.json``."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

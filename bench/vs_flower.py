@@ -45,14 +45,19 @@ process) every 0.2 s:
 * ``startup_s``: launching the first process → the first round opens (includes pre-training the
   initial model on the public slice, the same work on every engine);
 * ``total_s``: launching the first process → the last round's aggregate;
-* ``peak_rss_gib``: the peak of the summed resident memory of all the run's processes;
+* ``peak_rss_gib``: the peak of the summed resident memory (RSS) of all the run's processes;
+  ``peak_pss_gib``: the peak of their summed proportional set size (PSS: a page that ``n``
+  processes share counts ``1/n`` in each), which is what they take from the machine. Summed RSS
+  counts a shared page once per process: torch's libraries in every process of every engine,
+  and the pages flnode's forked nodes share with the zygote they were forked from;
 * ``cpu_total_s``: CPU time of all the run's processes; ``final_accuracy`` on the first 10,000
   test images (flnode's evaluation).
 
 Summary (``steady`` = median over rounds after the first, or round 1 when there is one round):
 ``overhead_ratio`` = flnode overhead / Flower deployment-engine overhead (``overhead_s``; also
 ``overhead_parallel_ratio``), ``total_ratio`` = flnode total / Flower simulation-engine total,
-``memory_ratio`` = flnode peak RSS / deployment-engine peak RSS, ``startup_s``, ``peak_rss_gib``,
+``memory_ratio`` = flnode peak PSS / deployment-engine peak PSS (``memory_ratio_rss``: the same
+with summed RSS), ``startup_s``, ``peak_rss_gib``, ``peak_pss_gib``,
 ``flnode_accuracy``, ``flower_accuracy`` (deployment engine), and the issue's targets (overhead ≤
 0.1x deployment, start-up < 20 s, memory ≤ 0.5x deployment, total ≤ simulation engine). Privacy:
 both sides run the same DP-SGD (flnode's code); Flower's own DP wrappers are not used, and Flower
@@ -105,7 +110,8 @@ TARGETS = {
 
 
 class Sampler:
-    """Every ``interval`` s: the RSS and CPU times of all descendants of this process."""
+    """Every ``interval`` s: the memory (RSS and PSS) and CPU times of all descendants of this
+    process."""
 
     def __init__(self, interval: float = 0.2, threads: bool = False) -> None:
         import psutil
@@ -115,6 +121,7 @@ class Sampler:
         self.threads = threads
         self.thread_cpu: dict[tuple[int, int], list[tuple[float, float]]] = {}
         self.peak_rss = 0
+        self.peak_pss = 0
         self.peak_processes = 0
         self.cpu: dict[int, list[tuple[float, float]]] = {}  # pid -> [(time, cpu s)]
         self.names: dict[int, str] = {}
@@ -137,12 +144,14 @@ class Sampler:
 
     def sample(self, me: Any) -> None:
         total = 0
+        total_pss = 0
         count = 0
         now = time.time()
         for proc in me.children(recursive=True):
             try:
                 with proc.oneshot():
-                    rss = proc.memory_info().rss
+                    memory = proc.memory_full_info()  # PSS from /proc/<pid>/smaps_rollup
+                    rss, pss = memory.rss, memory.pss
                     t = proc.cpu_times()
                     threads = proc.threads() if self.threads else []
                     if proc.pid not in self.names:
@@ -150,6 +159,7 @@ class Sampler:
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, ProcessLookupError):
                 continue
             total += rss
+            total_pss += pss
             count += 1
             self.cpu.setdefault(proc.pid, []).append((now, t.user + t.system))
             for th in threads:
@@ -158,6 +168,7 @@ class Sampler:
         if total > self.peak_rss:
             self.peak_rss = total
             self.peak_processes = count
+        self.peak_pss = max(self.peak_pss, total_pss)
 
     def cpu_total(self) -> float:
         """CPU seconds of all sampled processes (each at its last sample)."""
@@ -251,6 +262,7 @@ def engine_record(
         "steady_overhead_parallel_s": steady(rounds, "overhead_parallel_s"),
         "first_round": rounds[0] if rounds else None,
         "peak_rss_gib": round(sampler.peak_rss / GIB, 3),
+        "peak_pss_gib": round(sampler.peak_pss / GIB, 3),
         "processes_at_peak": sampler.peak_processes,
         "processes_seen": len(sampler.cpu),
         "cpu_total_s": round(sampler.cpu_total(), 1),
@@ -598,6 +610,9 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
             return await client.call("round_status", {"task": task}, timeout=30.0)
 
     pids: dict[str, int | None] = {}
+    from bench._common import adopt_orphans
+
+    adopt_orphans()  # the nodes outlive the zygote that forks them; keep them our descendants
     with Sampler(threads=True) as sampler:
         report, miner_record, devices, launched = trio.run(main)
     miner_rounds = sorted(miner_record.get("rounds", []), key=lambda r: int(r["round"]))
@@ -698,9 +713,11 @@ def summarise(engines: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "steady_round_ratio_vs_simulation": _ratio(
             fl and fl["steady_wall_s"], sim and sim["steady_wall_s"]
         ),
-        "memory_ratio": _ratio(fl and fl["peak_rss_gib"], dep and dep["peak_rss_gib"]),
+        "memory_ratio": _ratio(fl and fl.get("peak_pss_gib"), dep and dep.get("peak_pss_gib")),
+        "memory_ratio_rss": _ratio(fl and fl["peak_rss_gib"], dep and dep["peak_rss_gib"]),
         "startup_s": fl and fl["startup_s"],
         "peak_rss_gib": fl and fl["peak_rss_gib"],
+        "peak_pss_gib": fl and fl.get("peak_pss_gib"),
         "flnode_accuracy": fl and fl["final_accuracy"],
         "flower_accuracy": (dep or sim or {}).get("final_accuracy"),
         "flower_simulation_accuracy": sim and sim["final_accuracy"],
@@ -731,7 +748,8 @@ def table(engines: dict[str, dict[str, Any]]) -> str:
         ("steady_train_cpu_s", "train CPU s"),
         ("steady_overhead_s", "overhead s"),
         ("steady_overhead_parallel_s", "overhead ∥ s"),
-        ("peak_rss_gib", "peak GiB"),
+        ("peak_rss_gib", "peak RSS GiB"),
+        ("peak_pss_gib", "peak PSS GiB"),
         ("cpu_total_s", "CPU s"),
         ("final_accuracy", "accuracy"),
     ]
@@ -861,7 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(engines))
     print()
     keys = ("overhead_ratio", "overhead_parallel_ratio", "total_ratio", "memory_ratio",
-            "startup_s", "peak_rss_gib", "flnode_accuracy", "flower_accuracy")  # fmt: skip
+            "memory_ratio_rss", "startup_s", "peak_rss_gib", "peak_pss_gib", "flnode_accuracy",
+            "flower_accuracy")  # fmt: skip
     print(json.dumps({k: payload[k] for k in keys}))
     print(json.dumps(payload["targets"]["met"]))
     if errors:

@@ -32,6 +32,16 @@ def devnet_group() -> None:
     """
 
 
+_spawn_option = click.option(
+    "--spawn",
+    type=click.Choice(["fork", "exec"]),
+    default="fork",
+    show_default=True,
+    help="fork: start the nodes from one process that has imported their code (fast, shares "
+    "memory); exec: a new interpreter per node.",
+)
+
+
 @devnet_group.command("up")
 @dir_option
 @click.option("--miners", type=click.IntRange(0, 64), default=None, help="Miner nodes.")
@@ -61,6 +71,7 @@ def devnet_group() -> None:
     help="Seconds to wait for readiness.",
 )
 @click.option("--reset", is_flag=True, help="Delete an existing (stopped) devnet in --dir first.")
+@_spawn_option
 def up_command(
     directory: Path,
     miners: int | None,
@@ -71,6 +82,7 @@ def up_command(
     network_id: str | None,
     timeout: float,
     reset: bool,
+    spawn: str,
 ) -> None:
     """Create (or reuse) the devnet in --dir, start its nodes and wait until all are connected
     (and, when it has miners, until every node has committed a first block)."""
@@ -93,7 +105,7 @@ def up_command(
     network = prepare(directory, layout, reset=reset)
     started = time.monotonic()
     with _Progress(len(network.nodes)) as progress:
-        trio.run(lambda: up(network, timeout_s=timeout, progress=progress.update))
+        trio.run(lambda: up(network, timeout_s=timeout, progress=progress.update, spawn=spawn))
     click.echo(
         f"devnet up: {len(network.nodes)} nodes in {directory} "
         f"({time.monotonic() - started:.1f} s); `flnode devnet status --dir {directory}`"
@@ -189,6 +201,7 @@ class _Progress:
     help="Stop the devnet when the task is done (default: keep it running).",
 )
 @click.option("--show-spec", is_flag=True, help="Print the built-in task spec and exit.")
+@_spawn_option
 def run_command(
     directory: Path,
     spec_file: Path | None,
@@ -198,6 +211,7 @@ def run_command(
     timeout: float,
     stop_after: bool,
     show_spec: bool,
+    spawn: str,
 ) -> None:
     """Train a task end to end on a devnet: bring it up if needed (1 manufacturer, 4 miners,
     8 devices, 1 edge by default), publish the task, follow its rounds, and write report.json,
@@ -233,7 +247,7 @@ def run_command(
     else:
         started = time.monotonic()
         with _Progress(len(network.nodes)) as progress:
-            trio.run(lambda: up(network, timeout_s=300.0, progress=progress.update))
+            trio.run(lambda: up(network, timeout_s=300.0, progress=progress.update, spawn=spawn))
         click.echo(
             f"devnet up: {len(network.nodes)} nodes in {directory} "
             f"({time.monotonic() - started:.1f} s)",

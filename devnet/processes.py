@@ -2,9 +2,11 @@
 
 Each node runs as ``python -m flnode.cli.main start --datadir <dir>/nodes/<name>`` with the same
 interpreter as the launcher, in its own session (so a Ctrl-C at the launcher's terminal does not
-reach the nodes), its output appended to ``<dir>/logs/<name>.log``. A node counts as alive when
-the pid in ``<dir>/run/<name>.pid`` is a running (not zombie) process whose command line names its
-data dir: a pid reused by an unrelated process after a crash is not mistaken for the node.
+reach the nodes), its output appended to ``<dir>/logs/<name>.log``: either exec'd
+(:func:`start_node`) or forked from a zygote that has done the imports (:func:`fork_node`, see
+:mod:`.zygote`). A node counts as alive when the pid in ``<dir>/run/<name>.pid`` is a running (not
+zombie) process whose command line names its data dir: a pid reused by an unrelated process after
+a crash is not mistaken for the node.
 """
 
 from __future__ import annotations
@@ -13,41 +15,60 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .network import Network
+from .zygote import Zygote, node_command
 
 STOP_GRACE_S = 10.0
 
 
-def start_node(network: Network, name: str) -> int:
-    """Start the node ``name``; returns its pid (recorded in its pid file)."""
-    datadir = network.datadir(name)
+def _node_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
+
+
+def _open_log(network: Network, name: str, how: str) -> Path:
     log = network.log_file(name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
     with open(log, "ab") as out:
-        out.write(f"--- flnode devnet: starting {name} at {time.time():.3f}\n".encode())
-        out.flush()
+        out.write(f"--- flnode devnet: starting {name} at {time.time():.3f} ({how})\n".encode())
+    return log
+
+
+def _record_pid(network: Network, name: str, pid: int) -> None:
+    pid_file = network.pid_file(name)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{pid}\n", encoding="ascii")
+
+
+def start_node(network: Network, name: str) -> int:
+    """Start the node ``name`` in a new interpreter; returns its pid (recorded in its pid file)."""
+    log = _open_log(network, name, "exec")
+    with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flnode.cli.main", "start", "--datadir", str(datadir)],
+            node_command(network.datadir(name)),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=_node_env(),
             start_new_session=True,
             close_fds=True,
         )
-    pid_file = network.pid_file(name)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{proc.pid}\n", encoding="ascii")
+    _record_pid(network, name, proc.pid)
     # The Popen object is dropped on purpose: the node outlives this launcher. Forget it without
     # the ResourceWarning ("subprocess is still running") the destructor would raise.
     proc.returncode = 0
     return proc.pid
+
+
+async def fork_node(network: Network, name: str, zygote: Zygote) -> int:
+    """Start the node ``name`` forked from ``zygote``; returns its pid (recorded in its pid file)."""
+    log = _open_log(network, name, "fork")
+    pid = await zygote.spawn(network.datadir(name), log, _node_env())
+    _record_pid(network, name, pid)
+    return pid
 
 
 def node_pid(network: Network, name: str) -> int | None:
@@ -70,7 +91,14 @@ def is_alive(pid: int | None, datadir: Path) -> bool:
     if state in ("Z", "X"):
         _reap(pid)
         return False
-    return str(datadir).encode() in cmdline
+    return runs_node(cmdline, datadir)
+
+
+def runs_node(cmdline: list[bytes], datadir: Path) -> bool:
+    """Whether a process's arguments (``/proc/<pid>/cmdline`` split at NULs) are the node of
+    ``datadir``'s: an exec'd node has it as an argument, a forked one in its title."""
+    wanted = str(datadir).encode()
+    return wanted in cmdline or any(arg.endswith(b" --datadir " + wanted) for arg in cmdline)
 
 
 def _reap(pid: int) -> None:
