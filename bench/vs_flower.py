@@ -51,7 +51,9 @@ process) every 0.2 s:
   counts a shared page once per process: torch's libraries in every process of every engine,
   and the pages flnode's forked nodes share with the zygote they were forked from;
 * ``cpu_total_s``: CPU time of all the run's processes; ``final_accuracy`` on the first 10,000
-  test images (flnode's evaluation).
+  test images (flnode's evaluation); flnode also records ``rounds_cpu_s_by_role``, the CPU
+  seconds of its miners, devices and manufacturer from the first round's opening to the last
+  commit.
 
 Summary (``steady`` = median over rounds after the first, or round 1 when there is one round):
 ``overhead_ratio`` = flnode overhead / Flower deployment-engine overhead (``overhead_s``; also
@@ -654,20 +656,32 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
     if not rounds:
         raise RuntimeError("the devnet's round records carry no timings")
     first = miner_rounds[0]
+    first_open, last_close = float(first["seen_open_at"]), float(miner_rounds[-1]["commit_seen_at"])
+    # Where the CPU went while the rounds ran: the devices' training is only part of it.
+    cpu_by_role: dict[str, float] = {}
+    for node in network.nodes:
+        pid = _pid_of(node.name, pids, sampler)
+        spent = None if pid is None else sampler.cpu_between(pid, first_open, last_close)
+        if spent is not None:
+            role = node.roles[0]
+            cpu_by_role[role] = round(cpu_by_role.get(role, 0.0) + spent, 1)
     return engine_record(
         "flnode-devnet",
         launched=launched,
-        first_open=float(first["seen_open_at"]),
-        last_close=float(miner_rounds[-1]["commit_seen_at"]),
+        first_open=first_open,
+        last_close=last_close,
         rounds=rounds,
         sampler=sampler,
         accuracy=report.get("final_accuracy"),
         extra={
             "how": f"flnode devnet: 1 manufacturer, {args.miners} miners, {args.clients} "
-            "devices (one `flnode start` process each), task_create + round_status",
+            "devices (one `flnode start` process each, forked from a zygote), task_create + "
+            "round_status",
             "public_only_accuracy": report.get("public_only_accuracy"),
             "all_nodes_agree": report.get("all_nodes_agree_on_final_model"),
             "aggregation_rule": "fedavg",
+            "rounds_cpu_s_by_role": cpu_by_role,
+            "spawn": "fork",
         },
     )
 

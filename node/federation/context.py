@@ -54,11 +54,14 @@ EVENT_TOPICS = {
 
 
 LOW_PRIORITY_NICE = 10
+BACKGROUND_NICE = 19
+"""For work nothing waits on (a miner's evaluation of the committed model): on a shared machine
+it takes the CPU the devices' training leaves (CFS weight 15 against 110 at nice 10)."""
 
 
-async def run_low_priority(fn: Callable[..., T], *args: Any) -> T:
+async def run_low_priority(fn: Callable[..., T], *args: Any, nice: int = LOW_PRIORITY_NICE) -> T:
     """Run CPU-heavy learning work (training, judging, evaluating) in a fresh thread at a lower
-    scheduling priority (Linux nice is per thread).
+    scheduling priority (Linux nice is per thread; the thread's nice value becomes ``nice``).
 
     Every node's event loop, gossip and consensus must stay responsive while devices train: on
     a machine running many nodes the training would otherwise starve the consensus of every
@@ -70,7 +73,7 @@ async def run_low_priority(fn: Callable[..., T], *args: Any) -> T:
 
     def body() -> None:
         with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY_NICE)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         try:
             result.append(fn(*args))
         except BaseException as exc:  # re-raised in the caller

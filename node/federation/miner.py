@@ -62,7 +62,7 @@ from ..learning.federated import (
 from ..learning.serialization import weights_to_bytes
 from ..learning.taskspec import LearningTaskSpec
 from . import ledgerview
-from .context import FederationContext, FederationError, run_low_priority
+from .context import BACKGROUND_NICE, FederationContext, FederationError, run_low_priority
 
 _VALIDATE_WAIT_S = 20.0
 _MEMPOOL_POLL_S = 0.05
@@ -791,8 +791,9 @@ class MinerRole:
             weights = await self.ctx.fetch(aggregate, prefer=[str(entry["proposer"])], pin=True)
             cfg = network_config(state.spec, 1)
             async with self._limiter:
+                # Nothing waits on it: it takes only what the devices' training leaves.
                 accuracy, loss = await run_low_priority(
-                    evaluate_model, cfg, weights, state.spec.round.eval_size
+                    evaluate_model, cfg, weights, state.spec.round.eval_size, nice=BACKGROUND_NICE
                 )
         except Exception as exc:
             self.log.error("cannot evaluate the committed model", task=state.task, error=str(exc))
