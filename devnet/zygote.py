@@ -5,7 +5,8 @@ libp2p. ``flnode devnet up`` starts a dozen nodes at once on a machine with a fe
 used to spend some 25 s of wall time on the same imports, once per process. A node forked from
 this *zygote* starts with them done, and shares their memory pages with its siblings until one
 of them writes to a page (copy-on-write; :func:`gc.freeze` keeps the collector from touching the
-imported objects).
+imported objects). The zygote also loads the shipped MNIST arrays (read-only, 55 MB), which every
+device and miner would otherwise read and hold on its own.
 
 Each forked node is an ordinary OS process: its own pid and session (a Ctrl-C at the launcher's
 terminal does not reach it), its output appended to its log, its command line in ``ps`` and
@@ -57,6 +58,8 @@ PRELOAD = (
     "flnode.learning.federated",
     "flnode.learning.training",
 )
+PRELOAD_DATASET = "mnist"
+"""The data set flnode ships: 55 MB of uint8 images every device and miner would read and hold."""
 _READY_TIMEOUT_S = 120.0
 _SPAWN_TIMEOUT_S = 30.0
 
@@ -76,6 +79,11 @@ def _preload() -> float:
     handlers, level = list(root.handlers), root.level
     for module in PRELOAD:
         __import__(module)
+    from flnode.learning.datasets import DatasetError
+    from flnode.learning.federated import warm_dataset_cache
+
+    with contextlib.suppress(DatasetError):  # a node without it says so itself, when it needs it
+        warm_dataset_cache(PRELOAD_DATASET)
     # opacus configures the root logger when imported (logging.basicConfig); a node imports it
     # after its own logging is set up, when that is a no-op. Undo it, or every forked node's
     # log would carry each line twice.

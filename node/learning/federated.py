@@ -91,6 +91,12 @@ def _dataset(name: str) -> Dataset:
     return load_dataset(name)
 
 
+def warm_dataset_cache(name: str) -> None:
+    """Load data set ``name`` into this process's cache now (read-only arrays: a process forked
+    afterwards shares their pages; the devnet's zygote does this once for all its nodes)."""
+    _dataset(name)
+
+
 @dataclass(frozen=True, slots=True)
 class Shard:
     """A device's private training data (never leaves the device)."""

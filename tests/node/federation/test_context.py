@@ -30,3 +30,33 @@ async def test_errors_in_low_priority_work_reach_the_caller() -> None:
 
     with pytest.raises(ValueError, match="bad shard"):
         await run_low_priority(fail)
+
+
+def _rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_release_free_memory_returns_freed_heap_pages_to_the_os() -> None:
+    import ctypes
+
+    from flnode.federation.context import release_free_memory
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    block = 64 * 1024  # under glibc's mmap threshold: these come from the heap
+    blocks = [libc.malloc(block) for _ in range(2048)]  # 128 MiB
+    for b in blocks:
+        libc.memset(b, 1, block)  # touch the pages
+    for b in blocks[:-1]:  # the last block pins the top of the heap: free() cannot shrink it
+        libc.free(b)
+    held = _rss_bytes()
+    assert release_free_memory() is True
+    released = held - _rss_bytes()
+    libc.free(blocks[-1])
+    assert released > 64 * 2**20, f"only {released / 2**20:.1f} MiB went back to the OS"
