@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import threading
@@ -102,20 +103,22 @@ def release_free_memory() -> bool:
     ~560 MiB after each round once trimmed (about 20 ms). A node that trains a round now and then
     should not hold its largest round's memory in between.
     """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC is False:
+    libc = _glibc()
+    if libc is None:
         return False
-    _LIBC.malloc_trim(0)
+    libc.malloc_trim(0)
     return True
 
 
-_LIBC: Any = None
+@functools.cache
+def _glibc() -> Any:
+    """glibc, with ``malloc_trim``; None on a C library without it (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 class FederationError(FLNodeError):
