@@ -118,3 +118,12 @@ def init_datadir(exe: list[str], path: Path, env: dict[str, str]) -> Path:
 
 def env_without_flnode() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
+
+
+def process_gone(pid: int) -> bool:
+    """The process has exited: no such pid, or a zombie its (adopting) parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.daemons import process_gone
+
 
 def _flnode(
     exe: list[str], env: dict[str, str], *args: str, timeout: float = 120
@@ -119,7 +121,7 @@ def test_up_status_kill_restart_down(
     assert down.stdout.count(": stopped") == 3, down.stdout
     assert not any(r["alive"] for r in _status(flnode_exe, clean_env, devnet_dir).values())
     for row in rows.values():
-        assert _gone(row["pid"]), row
+        assert process_gone(row["pid"]), row
 
 
 def _console(exe: list[str], env: dict[str, str], d: Path, node: str, command: str) -> Any:
@@ -144,15 +146,6 @@ def _commit_transfer(exe: list[str], env: dict[str, str], d: Path) -> None:
     )
     command = f"consensus_submit tx=0x{tx.encode().hex()}"
     assert _console(exe, env, d, "device-0", command) == "0x" + tx.hash.hex()
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited: no such pid, or a zombie its (adopting) parent has not reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 def test_up_fails_clearly_when_a_node_cannot_start(

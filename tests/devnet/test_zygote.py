@@ -12,16 +12,9 @@ import pytest
 
 from flnode.devnet.processes import runs_node
 from flnode.devnet.zygote import node_command
+from tests.daemons import process_gone
 
 ZYGOTE = [sys.executable, "-c", "import sys, flnode.devnet.zygote as z; sys.exit(z.serve())"]
-
-
-def _exited(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 def test_runs_node_matches_an_execd_or_a_forked_command_line_and_nothing_else() -> None:
@@ -71,7 +64,7 @@ def test_zygote_answers_bad_requests_and_forks_a_node_into_its_own_log(
         reply = ask(json.dumps({"datadir": str(missing), "log": str(log), "env": clean_env}))
         pid = int(reply["pid"])  # type: ignore[call-overload]
         deadline = time.monotonic() + 30
-        while not _exited(pid):
+        while not process_gone(pid):
             assert time.monotonic() < deadline, "the forked node did not exit"
             time.sleep(0.05)
         text = log.read_text()
@@ -114,7 +107,7 @@ def test_up_starts_nodes_either_way_names_them_in_ps_and_logs_once(
             [*run, "down", "--dir", str(d)], capture_output=True, text=True, env=clean_env
         )
     assert down.returncode == 0 and ": stopped" in down.stdout, down.stdout + down.stderr
-    assert _exited(pid)
+    assert process_gone(pid)
     # Each line once, as the node's JSON: imports in the zygote must not leave a logging handler
     # behind (opacus calls logging.basicConfig when imported, which doubled every line).
     lines = (d / "logs" / "device-0.log").read_text().splitlines()[1:]
