@@ -66,6 +66,9 @@ from .context import BACKGROUND_NICE, FederationContext, FederationError, run_lo
 
 _VALIDATE_WAIT_S = 20.0
 _MEMPOOL_POLL_S = 0.05
+_RECORD_FETCH_ATTEMPTS = 24
+_RECORD_FETCH_RETRY_S = 5.0
+"""A committed model this miner could not fetch is tried again every 5 s for 2 minutes."""
 RoundKey = tuple[int, int, tuple[str, ...]]
 _FETCH_ATTEMPTS = 3  # an update nobody can serve after this is rejected as unfetchable
 
@@ -777,6 +780,20 @@ class MinerRole:
             past.commit_seen_at = time.time()
             self._start(self._record_round, past)
 
+    async def _fetch_committed(self, aggregate: Cid, proposer: str, task: int) -> bytes:
+        """The committed model's bytes, pinned: every miner holds and serves every committed
+        model. A miner cut off from its peers when the round closed (isolated, or just
+        restarted) tries again for a while instead of never holding that model."""
+        for attempt in range(1, _RECORD_FETCH_ATTEMPTS + 1):
+            try:
+                return await self.ctx.fetch(aggregate, prefer=[proposer], pin=True)
+            except FederationError as exc:
+                if attempt == _RECORD_FETCH_ATTEMPTS:
+                    raise
+                self.log.warning("cannot fetch the committed model yet", task=task, error=str(exc))
+                await trio.sleep(_RECORD_FETCH_RETRY_S)
+        raise AssertionError("unreachable")
+
     async def _record_round(self, state: _Round) -> None:
         history = await self.ctx.chain.run_sync(
             ledgerview.round_history, self.ctx.chain.chain, self.ctx.contract, state.task
@@ -788,7 +805,7 @@ class MinerRole:
         match = next((d for d, cid in state.decisions.values() if cid == aggregate), None)
         decision, mine = match, match is not None
         try:
-            weights = await self.ctx.fetch(aggregate, prefer=[str(entry["proposer"])], pin=True)
+            weights = await self._fetch_committed(aggregate, str(entry["proposer"]), state.task)
             cfg = network_config(state.spec, 1)
             async with self._limiter:
                 # Nothing waits on it: it takes only what the devices' training leaves.
