@@ -194,22 +194,25 @@ async def _download(network: Network, name: str, cid: str) -> bytes:
 
 @pytest.mark.timeout(900)
 async def test_short_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
-    # One fault every 6-12 s, at most one miner and one other node down at a time: every node
-    # is hit, yet a round can still gather updates before its 45 s deadline.
+    # One fault every 3-6 s, at most one miner and one other node down at a time, yet a round
+    # can still gather updates before its 45 s deadline. The first fault must land while the
+    # task runs: with forked nodes a 2-round task finished before a first fault drawn from
+    # 6-12 s. The manufacturer is spared: its faults are the long variant's.
     chaos = ChaosSettings(
         seed=11,
-        interval_s=(6.0, 12.0),
+        interval_s=(3.0, 6.0),
         down_s=(2.0, 5.0),
         pause_s=(1.0, 4.0),
         isolate_s=(2.0, 6.0),
         max_others_down=1,
+        spare=frozenset({"manufacturer-0"}),
     )
-    network, report, monkey = await _train(tmp_path / "devnet", devices=3, rounds=2, chaos=chaos)
+    network, report, monkey = await _train(tmp_path / "devnet", devices=3, rounds=3, chaos=chaos)
     try:
         assert monkey is not None and monkey.faults, "the injector made no fault"
         assert all(f.outcome == "done" for f in monkey.faults), monkey.faults
-        await _check_invariants(network, report, rounds=2)
-        # No accuracy check here: two rounds of three small devices, one of them killed or cut
+        await _check_invariants(network, report, rounds=3)
+        # No accuracy check here: a few rounds of three small devices, one of them killed or cut
         # off, need not beat the public-only model (CI saw 78.8 % vs 79.9 %). Accuracy under
         # faults is the long variant's comparison with a fault-free run of the same seed.
     finally:
