@@ -20,13 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .network import Network
-from .zygote import Zygote, node_command
+from .zygote import Zygote, node_command, node_env
 
 STOP_GRACE_S = 10.0
-
-
-def _node_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
 
 
 def _open_log(network: Network, name: str, how: str) -> Path:
@@ -52,7 +48,7 @@ def start_node(network: Network, name: str) -> int:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_node_env(),
+            env=node_env(),
             start_new_session=True,
             close_fds=True,
         )
@@ -66,7 +62,7 @@ def start_node(network: Network, name: str) -> int:
 async def fork_node(network: Network, name: str, zygote: Zygote) -> int:
     """Start the node ``name`` forked from ``zygote``; returns its pid (recorded in its pid file)."""
     log = _open_log(network, name, "fork")
-    pid = await zygote.spawn(network.datadir(name), log, _node_env())
+    pid = await zygote.spawn(network.datadir(name), log, node_env())
     _record_pid(network, name, pid)
     return pid
 

@@ -64,6 +64,11 @@ _READY_TIMEOUT_S = 120.0
 _SPAWN_TIMEOUT_S = 30.0
 
 
+def node_env() -> dict[str, str]:
+    """The launcher's environment without its ``FLNODE_*`` settings: a node reads its own config."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
+
+
 def node_command(datadir: Path | str) -> list[str]:
     """The command line of a node process (exec'd, or the title of a forked one)."""
     return [sys.executable, "-m", "flnode.cli.main", "start", "--datadir", str(datadir)]
@@ -251,7 +256,7 @@ class Zygote:
 async def open_zygote(log: Path):  # type: ignore[no-untyped-def]
     """Start a zygote (its own output appended to ``log``) and wait until it has imported."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
+    env = node_env()
     with open(log, "ab") as err:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-c", "import sys, flnode.devnet.zygote as z; sys.exit(z.serve())"],
