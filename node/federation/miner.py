@@ -46,6 +46,7 @@ from typing import Any
 
 import trio
 from eth.abc import BlockAPI
+from eth_utils import to_checksum_address
 
 from ..cid import Cid
 from ..consensus.chain import TxOutcome
@@ -323,6 +324,7 @@ class MinerRole:
                 rejected,
                 int(block.header.timestamp),
                 earlier,
+                proposer=to_checksum_address(tx.sender),
             )
             if not ok:
                 return False
@@ -353,6 +355,8 @@ class MinerRole:
         rejected: tuple[str, ...],
         timestamp: int,
         earlier: Sequence[ledgerview.SubmittedUpdate] = (),
+        *,
+        proposer: str | None = None,
     ) -> bool:
         refetched = False
         while True:
@@ -384,8 +388,10 @@ class MinerRole:
             return False
         if aggregate == mine:
             return True
+        # The miner that sent the commit holds its aggregate; among many peers it might not be
+        # one of the few a plain fetch asks.
         try:
-            theirs = await self.ctx.fetch(aggregate)
+            theirs = await self.ctx.fetch(aggregate, prefer=[proposer] if proposer else [])
         except FederationError as exc:
             self.log.warning("cannot fetch the proposed aggregate", error=str(exc))
             return False
