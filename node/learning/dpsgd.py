@@ -60,6 +60,13 @@ class DpSgdSettings:
     With every per-sample gradient clipped, ``lr × max_grad_norm`` sets the scale of both the
     signal and the noise, so tune ``lr`` and keep C small (measured: C = 0.1 with lr 2 behaves like
     C = 1 with lr 0.2).
+
+    ``physical_batch_size`` bounds how many samples' gradients are held at once: a Poisson batch
+    (``batch_size`` expected) is processed in chunks of at most this many, their clipped
+    gradients summed, and the noise is added once per batch, so privacy and the update are the
+    same (up to the order of float sums). Measured on the default task (``dp-cnn``, batch 256):
+    a round's peak memory +240-270 MiB unsplit, +46-57 MiB in chunks of 64, at the same speed
+    (chunks of 32: +12-24 MiB, but 10-30 % slower).
     """
 
     lr: float = 4.0
@@ -67,6 +74,7 @@ class DpSgdSettings:
     max_grad_norm: float = 0.1
     batch_size: int = 256
     local_epochs: int = 1
+    physical_batch_size: int = 64
 
     def __post_init__(self) -> None:
         for name in ("lr", "max_grad_norm"):
@@ -75,7 +83,7 @@ class DpSgdSettings:
                 raise DpSgdError(f"DP-SGD {name} must be a positive number. Got: {value!r}")
         if not (isinstance(self.momentum, int | float) and 0 <= self.momentum < 1):
             raise DpSgdError(f"DP-SGD momentum must be in [0, 1). Got: {self.momentum!r}")
-        for name in ("batch_size", "local_epochs"):
+        for name in ("batch_size", "local_epochs", "physical_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DpSgdError(f"DP-SGD {name} must be a positive integer. Got: {value!r}")
@@ -151,6 +159,7 @@ class DpSgdTrainer:
         threads: int | None = None,
     ) -> None:
         from opacus import PrivacyEngine
+        from opacus.utils.batch_memory_manager import wrap_data_loader
         from torch.utils.data import DataLoader, TensorDataset
 
         if part not in ("full", "extractor"):
@@ -200,6 +209,13 @@ class DpSgdTrainer:
                 poisson_sampling=True,
                 noise_generator=noise_gen,
             )
+        # Poisson batches in chunks of at most ``physical_batch_size``; the optimiser steps (and
+        # adds noise) only after a batch's last chunk (see DpSgdSettings).
+        self._loader = wrap_data_loader(
+            data_loader=self._loader,
+            max_batch_size=settings.physical_batch_size,
+            optimizer=self._optimizer,
+        )
 
     @property
     def round_curve(self) -> SubsampledGaussianCurve:
@@ -250,6 +266,7 @@ class DpSgdTrainer:
                 if len(xb) == 0:
                     # Poisson sampling drew no sample (probability (1−q)^n). The step is charged
                     # anyway (conservative); there is nothing to clip, so nothing is trained.
+                    # (A batch split into chunks never yields an empty chunk.)
                     self.empty_batches += 1
                     continue
                 self._optimizer.zero_grad(set_to_none=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -116,6 +118,34 @@ def test_extractor_mode_leaves_the_head_untouched(shard) -> None:  # type: ignor
     assert any(not torch.equal(start[k], trained[k]) for k in start if k.startswith("extractor."))
 
 
+def test_batches_processed_in_chunks_give_the_same_update_and_privacy(shard) -> None:  # type: ignore[no-untyped-def]
+    """``physical_batch_size`` only bounds memory: chunks of 8 samples (a batch of 64 expected)
+    take the same steps, add the same noise once per batch and end at the same weights."""
+    images, labels = shard
+    results = []
+    for physical in (10_000, 8):
+        settings = replace(SETTINGS, physical_batch_size=physical)
+        ledger = PrivacyLedger.in_memory(task_id="t", device_id="d", budget=BUDGET)
+        trainer = DpSgdTrainer(
+            build_model(ModelSpec.create("dp-cnn"), seed=0),
+            images,
+            labels,
+            settings=settings,
+            noise_multiplier=1.5,
+            ledger=ledger,
+            seed=1,
+            threads=1,
+        )
+        start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trained = trainer.train_round(start, extractor_version="v1")
+        results.append((start, trained, trainer.opacus_epsilon(BUDGET.delta)))
+    (start, whole, eps_whole), (_, chunked, eps_chunked) = results
+    assert any(not torch.equal(start[k], whole[k]) for k in start)  # it did train
+    for k in whole:
+        assert torch.allclose(whole[k], chunked[k], rtol=1e-4, atol=1e-6), k
+    assert eps_chunked == pytest.approx(eps_whole, rel=1e-12)  # Opacus counted the same steps
+
+
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
@@ -124,6 +154,7 @@ def test_extractor_mode_leaves_the_head_untouched(shard) -> None:  # type: ignor
         ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
         ("batch_size", 0, "batch_size must be a positive integer"),
         ("local_epochs", 1.5, "local_epochs must be a positive integer"),
+        ("physical_batch_size", 0, "physical_batch_size must be a positive integer"),
     ],
 )
 def test_bad_settings_are_refused(field: str, value: object, match: str) -> None:
