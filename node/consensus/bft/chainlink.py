@@ -22,6 +22,10 @@ in the chain's one worker thread) and adds the consensus' own records to the cha
   (header blooms skip the rest); so a miner that registers after genesis joins the committee
   from the height after its registration, and a slashed or leaving miner drops out of it then.
   Every node reads the same candidates and the same state at the same head, so all agree.
+  The contract changes a miner's stake or leaving mark only in functions that log one of
+  :data:`MEMBERSHIP_EVENTS`, so the same scan tells whether the committee can have changed: when
+  no new block logged one, the last committee read stands (a read is two contract calls per
+  candidate, which every node paid on every block: a few per cent of a device's CPU).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from .sortition import Committee, genesis_seed
 CERT_PREFIX = b"flnode/bft/certified/"
 SEED_PREFIX = b"flnode/bft/seed/"
 DEFAULT_MAX_FUTURE_S = 15.0
+MEMBERSHIP_EVENTS = ("MinerRegistered", "MinerLeaving", "MinerLeft", "MinerSlashed")
+"""The ledger's events that change a miner's stake or leaving mark (all its writes to them)."""
 
 BlockValidator = Callable[[BlockAPI, Sequence[TxOutcome]], Awaitable[bool]]
 """The node's application check of a proposed block (after it executed validly on our head)."""
@@ -92,8 +98,10 @@ class ChainLink:
         self.max_future_s = max_future_s
         self._clock = clock
         self._committee: tuple[bytes, Committee] | None = None
+        self._last_read: tuple[int, Committee] | None = None  # (height, committee) read there
         self._candidates: dict[str, None] = {m.address: None for m in chain.spec.miners}
         self._scanned = 0  # MinerRegistered events of blocks 1.._scanned are in _candidates
+        self.committee_reads = 0  # how often the committee was read from the contract
 
     @property
     def chain_id(self) -> int:
@@ -130,43 +138,57 @@ class ChainLink:
         return await self.chain.run_sync(read)
 
     async def committee(self, head: Head) -> Committee:
-        """The active staked miners at ``head`` (cached per head)."""
-        if self._committee is not None and self._committee[0] == head.hash:
-            return self._committee[1]
+        """The active staked miners at ``head`` (read again only after a membership event)."""
+        cached = self._committee
+        if cached is not None and cached[0] == head.hash:
+            return cached[1]
         contract = self.chain.contract
 
-        def read() -> dict[str, int]:
+        def read() -> Committee:
+            # Scan, reuse and record in the worker thread, one call after another: a read for
+            # a newer head must see every event since the read it reuses.
             chain = self.chain.chain
-            self._scan_registrations(head.number)
+            changed = self._scan_membership(head.number)
+            last = self._last_read
+            if last is not None and not changed and last[0] <= head.number:
+                return last[1]  # no block since that read logged a change of stake
+            self.committee_reads += 1
             stakes = {}
             for miner in self._candidates:
                 if contract.is_active_miner(chain.call, miner):
                     stakes[miner] = contract.stake(chain.call, miner)
-            return stakes
+            if not stakes:
+                raise InvalidConsensusMessage(
+                    "no-committee", f"no active staked miner at block #{head.number}"
+                )
+            committee = Committee.of(stakes)
+            if last is None or head.number >= last[0]:
+                self._last_read = (head.number, committee)
+            return committee
 
-        stakes = await self.chain.run_sync(read)
-        if not stakes:
-            raise InvalidConsensusMessage(
-                "no-committee", f"no active staked miner at block #{head.number}"
-            )
-        committee = Committee.of(stakes)
+        committee = await self.chain.run_sync(read)
         self._committee = (head.hash, committee)
         return committee
 
-    def _scan_registrations(self, upto: int) -> None:
-        """Add the miners named by ``MinerRegistered`` in blocks ``_scanned+1 .. upto`` to the
-        candidates (in the chain's worker thread). Registrations are never forgotten: whether a
+    def _scan_membership(self, upto: int) -> bool:
+        """Scan blocks ``_scanned+1 .. upto`` (in the chain's worker thread) for the events that
+        change a stake: add the miners named by ``MinerRegistered`` to the candidates, and say
+        whether any such event was logged. Registrations are never forgotten: whether a
         candidate sits on the committee is the contract's answer at the head."""
         if upto <= self._scanned:
-            return
+            return upto < self._scanned  # an older head than the last scan: read it afresh
         contract = self.chain.contract
-        topic = contract.event_topic("MinerRegistered")
-        for entry in self.chain.chain.logs(
-            self._scanned + 1, upto, address=contract.address, topics=[topic]
-        ):
-            if len(entry.topics) > 1:
-                self._candidates.setdefault(to_checksum_address(entry.topics[1][-20:]), None)
+        changed = False
+        for name in MEMBERSHIP_EVENTS:
+            topic = contract.event_topic(name)
+            for entry in self.chain.chain.logs(
+                self._scanned + 1, upto, address=contract.address, topics=[topic]
+            ):
+                changed = True
+                if name == "MinerRegistered" and len(entry.topics) > 1:
+                    self._candidates.setdefault(to_checksum_address(entry.topics[1][-20:]), None)
         self._scanned = upto
+        return changed
 
     async def build(self, max_txs: int, *, first: Sequence[bytes] = ()) -> bytes:
         built = await self.chain.build_block(max_txs=max_txs, first=first)

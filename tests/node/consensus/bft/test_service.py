@@ -154,6 +154,39 @@ async def test_a_transaction_whose_gossip_was_lost_is_gossiped_again(tmp_path: P
         assert follower.consensus.stats.txs_regossiped >= 1  # type: ignore[union-attr]
 
 
+async def test_the_committee_is_read_again_only_after_a_change_of_stake(tmp_path: Path) -> None:
+    """Blocks of plain transfers reuse the committee read before them; a miner's
+    ``requestLeave`` (a ``MinerLeaving`` event) makes every node read it again, without that
+    miner."""
+    async with running_nodes(tmp_path, miners=4, followers=1) as (_net, nodes, _):
+        follower = nodes[4]
+        assert follower.consensus is not None
+        await _wait_included(nodes, [await _transfer(nodes[0], nodes[1].identity.address)])
+        reads = follower.consensus.link.committee_reads
+        heights = (await follower.head()).number
+        for i in range(3):
+            tx = await _transfer(nodes[i], nodes[i + 1].identity.address)
+            await _wait_included(nodes, [tx])
+        assert (await follower.head()).number >= heights + 3
+        assert follower.consensus.link.committee_reads == reads, "plain blocks re-read it"
+        miners = sorted(n.identity.address for n in nodes[:4])
+        assert follower.consensus.status()["committee"] == miners
+
+        leaving = nodes[3]
+        assert leaving.chain is not None
+        tx = await leaving.chain.send(
+            leaving.chain.contract.address, leaving.chain.contract.request_leave()
+        )
+        await _wait_included(nodes, [tx])
+        stayed = sorted(n.identity.address for n in nodes[:3])
+        with trio.fail_after(15):
+            while follower.consensus.status()["committee"] != stayed:
+                await _wait_included(
+                    nodes[:3], [await _transfer(nodes[0], nodes[1].identity.address)]
+                )
+        assert follower.consensus.link.committee_reads > reads
+
+
 async def test_a_miner_registered_after_genesis_joins_the_committee(tmp_path: Path) -> None:
     async with running_nodes(tmp_path, miners=4, followers=1) as (_net, nodes, _):
         newcomer = nodes[4]
