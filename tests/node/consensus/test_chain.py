@@ -234,3 +234,37 @@ def test_state_reads_follow_the_head(spec: NetworkSpec, cast: Cast) -> None:
     chain.import_block(built.encode())
     assert chain.balance(receiver) == before[0] + 7
     assert chain.nonce(sender) == before[1] + 1
+
+
+def test_gas_estimates_cover_the_exact_need_with_the_documented_margin(ledger) -> None:  # type: ignore[no-untyped-def]
+    """Two executions instead of py-evm's binary search: the estimate is the exact need (found by
+    that search) plus 10 % and 5,000, and a transaction sent with it succeeds."""
+    from eth.estimators.gas import binary_gas_search_exact
+    from eth.vm.spoof import SpoofTransaction
+
+    chain, contract = ledger.chain, ledger.contract
+    task = ledger.create_task(per_round=3)
+    d = ledger.cast.devices[0]
+    for data in (
+        contract.join_task(task),
+        contract.submit_update(task, 0, Cid.from_data(b"u"), 123),
+    ):
+        estimate = chain.estimate_gas(d.address_bytes, contract.address, data)
+        vm = chain._chain.get_vm()
+        utx = vm.create_unsigned_transaction(
+            nonce=chain.nonce(d.address),
+            gas_price=0,
+            gas=chain.head_header().gas_limit,
+            to=contract.address,
+            value=0,
+            data=data,
+        )
+        with vm.in_costless_state() as state:
+            exact = binary_gas_search_exact(state, SpoofTransaction(utx, from_=d.address_bytes))
+        assert estimate == exact + exact // 10 + 5_000, (estimate, exact)
+        tx = chain.sign_transaction(d.private_key, to=contract.address, data=data, gas=estimate)
+        chain.add_transaction(tx)
+        (outcome,) = [o for o in ledger.mine(ledger.cast.miners[0]) if o.tx_hash == tx.hash]
+        assert outcome.success, outcome.error
+    with pytest.raises(ContractReverted, match="already joined"):
+        chain.estimate_gas(d.address_bytes, contract.address, contract.join_task(task))
