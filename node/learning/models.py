@@ -257,15 +257,32 @@ def _activation(name: str) -> nn.Module:
     return nn.Tanh() if name == "tanh" else nn.ReLU()
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` computed in the channels-last memory layout.
+
+    PyTorch's CPU kernel for the default (NCHW) layout was 4-9× slower here than the
+    channels-last one (a 2×2 window, stride 1, over 1,000 × 16 × 14 × 14 activations: 38-41 ms
+    against 9-10 ms forward; 46 against 24 ms with the backward pass); the pooling took a fifth of
+    a device's DP-SGD time and most of a miner's evaluation. The values, the chosen maxima (ties
+    included) and the gradients are bit-for-bit those of ``nn.MaxPool2d``; the output is handed on
+    in the default layout.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() != 4:
+            return super().forward(input)
+        return super().forward(input.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 def _split_cnn_extractor(p: SplitCnnParams) -> nn.Module:
     return nn.Sequential(
         OrderedDict(
             conv1=nn.Conv2d(p.in_channels, p.conv1_channels, 5),
             act1=_activation(p.activation),
-            pool1=nn.MaxPool2d(2),
+            pool1=MaxPool2d(2),
             conv2=nn.Conv2d(p.conv1_channels, p.conv2_channels, 5),
             act2=_activation(p.activation),
-            pool2=nn.MaxPool2d(2),
+            pool2=MaxPool2d(2),
             flatten=nn.Flatten(),
             fc=nn.Linear(p.flat_features, p.bottleneck),
         )
@@ -328,10 +345,10 @@ def _dp_cnn_extractor(p: DpCnnParams) -> nn.Module:
         OrderedDict(
             conv1=nn.Conv2d(p.in_channels, p.conv1_channels, 8, stride=2, padding=3),
             act1=nn.Tanh(),
-            pool1=nn.MaxPool2d(2, 1),
+            pool1=MaxPool2d(2, 1),
             conv2=nn.Conv2d(p.conv1_channels, p.conv2_channels, 4, stride=2),
             act2=nn.Tanh(),
-            pool2=nn.MaxPool2d(2, 1),
+            pool2=MaxPool2d(2, 1),
             flatten=nn.Flatten(),
             fc=nn.Linear(p.flat_features, p.bottleneck),
             act3=nn.Tanh(),

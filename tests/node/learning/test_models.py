@@ -13,6 +13,7 @@ from flnode.learning.models import (
     ARCHITECTURES,
     MAX_SPEC_BYTES,
     Architecture,
+    MaxPool2d,
     ModelSpec,
     ModelSpecError,
     SplitCnnParams,
@@ -276,3 +277,25 @@ def test_dp_cnn_is_the_small_tanh_model_without_batchnorm() -> None:
     assert ModelSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ModelSpecError, match="bottleneck"):
         ModelSpec.create("dp-cnn", bottleneck=0)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(2, None), (2, 1)])
+@pytest.mark.parametrize("shape", [(64, 16, 14, 14), (8, 3, 7, 9), (16, 14, 14)])
+def test_channels_last_max_pool_is_bit_for_bit_nn_max_pool(
+    kernel: int, stride: int | None, shape: tuple[int, ...]
+) -> None:
+    """Same values, same maxima among ties (saturated tanh gives many), same gradients."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.tanh(3 * torch.randn(shape, generator=gen))
+    x[..., 1:5, 1:5] = 1.0  # ties in every window there
+    grads = []
+    for pool in (torch.nn.MaxPool2d(kernel, stride), MaxPool2d(kernel, stride)):
+        leaf = x.clone().requires_grad_()
+        out = pool(leaf)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        out.backward(upstream)
+        assert out.is_contiguous()
+        grads.append((out.detach(), leaf.grad))
+    (out_ref, grad_ref), (out_fast, grad_fast) = grads
+    assert torch.equal(out_fast, out_ref)
+    assert torch.equal(grad_fast, grad_ref)
