@@ -12,7 +12,8 @@ Each forked node is an ordinary OS process: its own pid and session (a Ctrl-C at
 terminal does not reach it), its output appended to its log, its command line in ``ps`` and
 ``/proc/<pid>/cmdline`` set to ``<python> -m flnode.cli.main start --datadir <dir>`` (what an
 exec'd node shows), so that ``status``, ``down`` and ``restart`` find it as before. Forked nodes
-share the zygote's string-hash seed; nothing in flnode depends on it differing.
+share the zygote's string-hash seed (nothing in flnode depends on it differing); their torch and
+numpy generators are reseeded from the OS.
 
 Protocol, one JSON object per line on the zygote's stdin/stdout:
 
@@ -121,6 +122,18 @@ def _parse_request(line: str) -> tuple[str, str, dict[str, str]]:
     return datadir, log, env
 
 
+def _reseed_random_generators() -> None:
+    """Give a forked node random generators of its own: a child starts with a copy of the
+    zygote's torch and numpy generator states, so siblings would draw the same numbers (Python's
+    ``random`` reseeds itself after a fork; these do not). flnode's DP noise comes from generators
+    seeded from the OS, never from these, but nothing should share a stream by accident."""
+    import numpy as np
+    import torch
+
+    torch.seed()
+    np.random.seed()
+
+
 def _run_node(datadir: str, log: str, env: Mapping[str, str], titled: int) -> NoReturn:
     """In the forked child: become the node of ``datadir``; never returns to the zygote's loop.
 
@@ -143,6 +156,7 @@ def _run_node(datadir: str, log: str, env: Mapping[str, str], titled: int) -> No
         os.close(null)
         os.environ.clear()
         os.environ.update(env)
+        _reseed_random_generators()
         sys.argv = ["flnode", *command[3:]]
         from flnode.cli.main import main
 

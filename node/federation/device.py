@@ -230,7 +230,7 @@ class DeviceRole:
                 ledger_path=self.ctx.datadir.privacy_dir / f"task-{task.id}.json",
                 task_id=f"task-{task.id}",
                 device_id=self.ctx.address,
-                seed=hash((self.ctx.address, task.id)) & 0x7FFFFFFF,
+                seed=None,  # the DP noise and sampling from the OS's entropy
                 budget_cap=s.epsilon_cap or None,
                 poison=self.poison,
             )

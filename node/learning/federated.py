@@ -22,6 +22,7 @@ differ.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -222,7 +223,7 @@ class DeviceLearner:
         ledger_path: Path | None,
         task_id: str,
         device_id: str,
-        seed: int,
+        seed: int | None = None,
         budget_cap: float | None = None,
         poison: str | None = None,
     ) -> None:
@@ -233,7 +234,10 @@ class DeviceLearner:
         self.cfg = cfg
         self.shard = shard
         self.poison = poison
-        self.seed = seed
+        # The seed drives the DP-SGD noise and the Poisson sampling, whose privacy holds only if
+        # nobody else can reproduce them: a real device draws it from the OS (None); a fixed one
+        # is for reproducible experiments and tests.
+        self.seed = secrets.randbits(62) if seed is None else seed
         task_budget = EpsDelta(cfg.epsilon, cfg.delta)
         budget = task_budget
         if budget_cap is not None and budget_cap < cfg.epsilon:
@@ -288,7 +292,7 @@ class DeviceLearner:
             ledger=self.ledger,
             part="full" if cfg.mode == "dpsgd-full" else "extractor",
             transform=_bound(cfg),
-            seed=seed,
+            seed=self.seed,
             threads=None,
         )
         self._noise = noise_generator(None)
@@ -348,7 +352,7 @@ class DeviceLearner:
         elif self.poison == "sign-flip":
             weights = sign_flip(weights, global_state, scale=SCALE_FACTOR)
         elif self.poison == "gaussian-noise":
-            generator = torch.Generator().manual_seed(self.seed * 7919 + round_)
+            generator = torch.Generator().manual_seed((self.seed * 7919 + round_) % 2**63)
             weights = gaussian_noise(weights, NOISE_STD, generator)
         return TrainedUpdate(
             weights_to_bytes(weights),
@@ -380,7 +384,7 @@ class DeviceLearner:
             epochs=self.cfg.head_epochs,
             lr=self.cfg.head_lr,
             batch_size=self.cfg.batch_size,
-            seed=self.seed * 1009 + round_,
+            seed=(self.seed * 1009 + round_) % 2**63,
         )
 
 

@@ -227,3 +227,23 @@ def test_poisoned_updates_do_what_their_names_say(cfg, published) -> None:
     assert 0.9 < float(change.std()) < 1.1  # N(0, 1) on every weight
     with pytest.raises(FederatedLearningError, match="unknown poison"):
         _learner(cfg, 9, poison="nonsense")
+
+
+def test_a_device_without_a_seed_draws_its_noise_from_the_os(cfg, published) -> None:
+    """The DP-SGD noise and sampling must not be reproducible by anyone else: two learners given
+    no seed (as devices are) train different updates from the same data and model, while a fixed
+    seed (experiments, tests) reproduces an update exactly."""
+
+    def update(seed: int | None) -> bytes:
+        learner = DeviceLearner(
+            cfg,
+            device_shard(cfg, 0),
+            ledger_path=None,
+            task_id="task-1",
+            device_id="0x" + "00" * 20,
+            seed=seed,
+        )
+        return learner.train_round(published.weights, 0).weights
+
+    assert update(None) != update(None)
+    assert update(5) == update(5)
