@@ -30,17 +30,17 @@ def shard() -> tuple[torch.Tensor, torch.Tensor]:
     return to_tensor(ds.train_images[:300]), labels_to_tensor(ds.train_labels[:300])
 
 
-def _trainer(shard, ledger: PrivacyLedger, rounds: int, **kw) -> DpSgdTrainer:  # type: ignore[no-untyped-def]
+def _trainer(shard, ledger: PrivacyLedger, rounds: int, settings=SETTINGS, **kw) -> DpSgdTrainer:  # type: ignore[no-untyped-def]
     images, labels = shard
     z = plan_noise_multiplier(
-        budget=BUDGET, n_samples=len(images), settings=SETTINGS, rounds=rounds
+        budget=BUDGET, n_samples=len(images), settings=settings, rounds=rounds
     )
     model = build_model(ModelSpec.create("dp-cnn"), seed=0)
     return DpSgdTrainer(
         model,
         images,
         labels,
-        settings=SETTINGS,
+        settings=settings,
         noise_multiplier=z,
         ledger=ledger,
         seed=1,
@@ -121,21 +121,11 @@ def test_extractor_mode_leaves_the_head_untouched(shard) -> None:  # type: ignor
 def test_batches_processed_in_chunks_give_the_same_update_and_privacy(shard) -> None:  # type: ignore[no-untyped-def]
     """``physical_batch_size`` only bounds memory: chunks of 8 samples (a batch of 64 expected)
     take the same steps, add the same noise once per batch and end at the same weights."""
-    images, labels = shard
     results = []
     for physical in (10_000, 8):
-        settings = replace(SETTINGS, physical_batch_size=physical)
         ledger = PrivacyLedger.in_memory(task_id="t", device_id="d", budget=BUDGET)
-        trainer = DpSgdTrainer(
-            build_model(ModelSpec.create("dp-cnn"), seed=0),
-            images,
-            labels,
-            settings=settings,
-            noise_multiplier=1.5,
-            ledger=ledger,
-            seed=1,
-            threads=1,
-        )
+        settings = replace(SETTINGS, physical_batch_size=physical)
+        trainer = _trainer(shard, ledger, rounds=1, settings=settings)
         start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trained = trainer.train_round(start, extractor_version="v1")
         results.append((start, trained, trainer.opacus_epsilon(BUDGET.delta)))
