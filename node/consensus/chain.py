@@ -1497,11 +1497,15 @@ def _estimate_with_margin(state: StateAPI, tx: SignedTransactionAPI) -> int:
 
     One execution at the block gas limit gives the gas used before refunds, which is what the
     transaction needs up to the 1/64 that a call must leave behind; one more execution checks the
-    margin covers it. Only when it does not (deep nested calls) does py-evm's binary search, a
-    dozen or more executions, decide: it did for every transaction, and every device sends one
-    per round. Raises the execution's error (e.g. a revert).
+    margin covers it. Only when it does not (deep nested calls) does py-evm's binary search decide
+    (a dozen or more executions: it used to run for every transaction, and every device sends one
+    per round). Raises the execution's error (e.g. a revert).
     """
     limit = state.gas_limit
+
+    def with_margin(gas: int) -> int:
+        return min(limit, gas + gas // 10 + 5_000)
+
     snapshot = state.snapshot()
     try:
         computation = state.apply_transaction(SpoofTransaction(tx, gas=limit, gas_price=0))
@@ -1510,7 +1514,7 @@ def _estimate_with_margin(state: StateAPI, tx: SignedTransactionAPI) -> int:
         needed = tx.intrinsic_gas + computation.get_gas_used()
     finally:
         state.revert(snapshot)
-    gas = min(limit, needed + needed // 10 + 5_000)
+    gas = with_margin(needed)
     snapshot = state.snapshot()
     try:
         enough = not state.apply_transaction(SpoofTransaction(tx, gas=gas, gas_price=0)).is_error
@@ -1520,5 +1524,4 @@ def _estimate_with_margin(state: StateAPI, tx: SignedTransactionAPI) -> int:
         state.revert(snapshot)
     if enough:
         return gas
-    exact = binary_gas_search_exact(state, tx)
-    return min(limit, exact + exact // 10 + 5_000)
+    return with_margin(binary_gas_search_exact(state, tx))
