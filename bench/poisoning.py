@@ -6,8 +6,8 @@ network and fewer rounds). Three devnets of real ``flnode start`` processes (1 m
 (the default MNIST DP-SGD task at per-sample epsilon = 10, with ``--rounds`` rounds on smaller
 shards) from the same seed:
 
-* ``clean``: every device honest, under the robust rule (``multikrum`` with ``f`` = the number of
-  attackers by default);
+* ``clean``: every device honest, under the robust rule (``--rule``: ``multikrum`` with ``f`` =
+  the number of attackers by default; any rule of the task spec, given ``f`` when it takes one);
 * ``robust``: the same rule, with the last devices replaced by attackers, one per attack of
   :data:`flnode.learning.federated.POISONS`: label flipping, sign flipping (×10), scaled
   updates (×10), N(0, 1) noise on every weight, and a free rider that resubmits the global model;
@@ -24,6 +24,7 @@ below every honest device's, every attacker paid less than any honest device.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ from bench._common import round_printer, write_result
 from flnode.devnet import down, prepare, up
 from flnode.devnet.layout import NodeSpec, layout_from_counts
 from flnode.devnet.training import edit_spec, run_task
+from flnode.learning.aggregation import STRATEGIES, strategy_from_spec
 from flnode.learning.federated import POISONS
 
 MINERS = 4
@@ -156,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated attacks, one attacker each (default: all five)",
     )
     parser.add_argument("--shards", type=int, default=40, help="MNIST shards (size per device)")
+    parser.add_argument(
+        "--rule",
+        default="multikrum",
+        help="the robust rule of the clean and attacked runs (default multikrum; given f = the "
+        "number of attackers when it takes f); a rule other than multikrum writes "
+        "poisoning_<rule>.json",
+    )
     parser.add_argument("--quick", action="store_true", help="10 devices (3 attackers), 3 rounds")
     parser.add_argument("--dir", type=Path, default=None, help="keep the devnets here")
     args = parser.parse_args(argv)
@@ -168,8 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         devices, rounds, kinds = 10, 3, ["label-flip", "sign-flip", "free-ride"]
     honest = devices - len(kinds)
     f = len(kinds)
-    if honest < 1 or devices - 1 <= 2 * f + 2:  # the free rider is refused before the rule
-        parser.error(f"{f} attackers need more devices for Multi-Krum (n > 2f + 2)")
+    takes_f = "f" in inspect.signature(STRATEGIES.get(args.rule, object).__init__).parameters
+    rule_params = {"f": f} if takes_f else {}
+    try:
+        strategy_from_spec(args.rule, **rule_params)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if honest < 1:
+        parser.error(f"{f} attackers leave no honest device among {devices}; raise --devices")
+    if takes_f and devices - 1 <= 2 * f + 2:  # the free rider is refused before the rule
+        parser.error(f"{f} attackers need more devices for {args.rule} (n > 2f + 2)")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="flnode-bench-poisoning-") as tmp:
         workdir = args.dir or Path(tmp)
@@ -180,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 workdir,
                 honest=devices,
                 kinds=[],
-                rule="multikrum",
-                params={"f": f},
+                rule=args.rule,
+                params=rule_params,
                 **common,
             )
         )
@@ -191,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 workdir,
                 honest=honest,
                 kinds=kinds,
-                rule="multikrum",
-                params={"f": f},
+                rule=args.rule,
+                params=rule_params,
                 **common,
             )
         )
@@ -206,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "poisoning",
         "devices": devices,
         "attacker_share": round(len(kinds) / devices, 3),
+        "rule": args.rule,
         "clean_accuracy": clean["final_accuracy"],
         "robust_accuracy": robust["final_accuracy"],
         "fedavg_accuracy": fedavg["final_accuracy"],
@@ -214,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    path = write_result("poisoning_quick" if args.quick else "poisoning", payload)
+    name = "poisoning" if args.rule == "multikrum" else f"poisoning_{args.rule.replace('-', '_')}"
+    path = write_result(f"{name}_quick" if args.quick else name, payload)
     print(
-        f"clean {clean['final_accuracy']:.4f}  multikrum {robust['final_accuracy']:.4f}  "
+        f"clean {clean['final_accuracy']:.4f}  {args.rule} {robust['final_accuracy']:.4f}  "
         f"fedavg {fedavg['final_accuracy']:.4f}"
     )
     print(json.dumps(verdict, indent=2))
