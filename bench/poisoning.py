@@ -4,7 +4,7 @@ Run: ``python -m bench.poisoning`` (about 10–20 minutes on 2 cores; ``--quick`
 network and fewer rounds). Three devnets of real ``flnode start`` processes (1 manufacturer,
 4 miners, ``--devices`` devices, no edge), one after the other, each training the same task
 (the default MNIST DP-SGD task at per-sample epsilon = 10, with ``--rounds`` rounds on smaller
-shards) from the same seed:
+shards) from the same initial model and partition (each device's DP-SGD noise is drawn from the OS):
 
 * ``clean``: every device honest, under the robust rule (``--rule``: ``multikrum`` with ``f`` =
   the number of attackers by default; any rule of the task spec, given ``f`` when it takes one);
