@@ -35,6 +35,7 @@ import trio
 
 from bench._common import write_result
 from flnode.api import ApiClient, ApiEndpoint
+from flnode.devnet.zygote import node_env
 
 TARGET_RT_S = 2000.0
 
@@ -122,7 +123,7 @@ def _baseline(seconds: float) -> Run:
 
 
 def _start_node(datadir: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
+    env = node_env()
     subprocess.run(
         [sys.executable, "-m", "flnode.cli.main", "init", "--datadir", str(datadir)],
         check=True,

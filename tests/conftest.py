@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from flnode.datadir import InitResult, init_datadir
+from flnode.devnet.zygote import node_env
 
 
 @pytest.fixture
@@ -28,5 +28,5 @@ def flnode_exe() -> list[str]:
 
 @pytest.fixture
 def clean_env() -> dict[str, str]:
-    """The environment without FLNODE_* variables, for subprocesses."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
+    """The environment without FLNODE_* variables, for subprocesses (as a devnet gives its nodes)."""
+    return node_env()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -114,10 +113,6 @@ class Daemon:
 def init_datadir(exe: list[str], path: Path, env: dict[str, str]) -> Path:
     subprocess.run([*exe, "init", "--datadir", str(path)], check=True, env=env, capture_output=True)
     return path
-
-
-def env_without_flnode() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("FLNODE_")}
 
 
 def process_gone(pid: int) -> bool:
