@@ -356,7 +356,7 @@ class MinerRole:
         timestamp: int,
         earlier: Sequence[ledgerview.SubmittedUpdate] = (),
         *,
-        proposer: str | None = None,
+        proposer: str,
     ) -> bool:
         refetched = False
         while True:
@@ -391,7 +391,7 @@ class MinerRole:
         # The miner that sent the commit holds its aggregate; among many peers it might not be
         # one of the few a plain fetch asks.
         try:
-            theirs = await self.ctx.fetch(aggregate, prefer=[proposer] if proposer else [])
+            theirs = await self.ctx.fetch(aggregate, prefer=[proposer])
         except FederationError as exc:
             self.log.warning("cannot fetch the proposed aggregate", error=str(exc))
             return False
@@ -790,15 +790,13 @@ class MinerRole:
         """The committed model's bytes, pinned: every miner holds and serves every committed
         model. A miner cut off from its peers when the round closed (isolated, or just
         restarted) tries again for a while instead of never holding that model."""
-        for attempt in range(1, _RECORD_FETCH_ATTEMPTS + 1):
+        for _ in range(_RECORD_FETCH_ATTEMPTS - 1):
             try:
                 return await self.ctx.fetch(aggregate, prefer=[proposer], pin=True)
             except FederationError as exc:
-                if attempt == _RECORD_FETCH_ATTEMPTS:
-                    raise
                 self.log.warning("cannot fetch the committed model yet", task=task, error=str(exc))
                 await trio.sleep(_RECORD_FETCH_RETRY_S)
-        raise AssertionError("unreachable")
+        return await self.ctx.fetch(aggregate, prefer=[proposer], pin=True)  # its error goes up
 
     async def _record_round(self, state: _Round) -> None:
         history = await self.ctx.chain.run_sync(
