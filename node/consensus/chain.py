@@ -1441,6 +1441,16 @@ class Chain:
     def receipts(self, number: int) -> list[Receipt]:
         return self._receipts_of(self.block(number))
 
+    def _logs_in(self, block: BlockAPI) -> Iterator[Log]:
+        """The logs of ``block``, as :meth:`_receipts_of` numbers them, without what only a
+        receipt needs: recovering each transaction's sender costs an ECDSA recovery."""
+        first_log = 0
+        receipts = block.get_receipts(self._chain.chaindb)
+        for index, (tx, receipt) in enumerate(zip(block.transactions, receipts, strict=True)):
+            logs = _logs_of(receipt, int(block.number), tx.hash, index, first_log)
+            first_log += len(logs)
+            yield from logs
+
     def may_have_logs(
         self, from_block: int, to_block: int, *, address: str | bytes, topics: Sequence[bytes]
     ) -> bool:
@@ -1479,17 +1489,15 @@ class Chain:
             bloom = BloomFilter(header.bloom)
             if header.gas_used == 0 or any(p not in bloom for p in probes):
                 continue
-            block = self.block(number)
-            for receipt in self._receipts_of(block):
-                for log in receipt.logs:
-                    if want is not None and log.address != want:
-                        continue
-                    if any(
-                        t is not None and (i >= len(log.topics) or log.topics[i] != t)
-                        for i, t in enumerate(topics)
-                    ):
-                        continue
-                    yield log
+            for log in self._logs_in(self.block(number)):
+                if want is not None and log.address != want:
+                    continue
+                if any(
+                    t is not None and (i >= len(log.topics) or log.topics[i] != t)
+                    for i, t in enumerate(topics)
+                ):
+                    continue
+                yield log
 
 
 def _estimate_with_margin(state: StateAPI, tx: SignedTransactionAPI) -> int:

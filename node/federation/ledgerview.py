@@ -12,8 +12,10 @@ either its ``commitRound`` first, or the round's last submissions and then the c
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -115,19 +117,41 @@ def round_view(chain: Chain, contract: LedgerContract, task_id: int) -> RoundVie
     return RoundView(task, head.number, head.timestamp, opened, opened_at, tuple(subs))
 
 
-def round_history(chain: Chain, contract: LedgerContract, task_id: int) -> list[dict[str, object]]:
-    """Every ``RoundCommitted`` of ``task_id`` (the ledger's own record of its rounds), with the
-    block of the round's last ``UpdateSubmitted`` (the commit's own block when one height
-    recorded the round's last updates and closed it)."""
-    head = chain.head()
-    out: list[dict[str, object]] = []
-    last_submission: dict[int, int] = {}
-    for event in contract.decode_logs(chain.logs(0, head.number, address=contract.address)):
-        if event.name == "UpdateSubmitted" and int(event.args["task"]) == task_id:
-            last_submission[int(event.args["round"])] = int(event.block_number or 0)
-        if event.name == "RoundCommitted" and int(event.args["task"]) == task_id:
-            a = event.args
-            out.append(
+@dataclass(slots=True)
+class _RoundIndex:
+    """What :func:`round_history` needs from every block up to ``scanned``, read once.
+
+    Committed blocks are final (the consensus never reorganises them, and a :class:`Chain`
+    keeps its database for life), so the index only ever grows at the head.
+    """
+
+    scanned: int = -1
+    last_submission: dict[tuple[int, int], int] = field(default_factory=dict)
+    committed: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+_round_indexes: weakref.WeakKeyDictionary[Chain, dict[bytes, _RoundIndex]] = (
+    weakref.WeakKeyDictionary()
+)
+_round_indexes_lock = threading.Lock()
+
+
+def _round_index(chain: Chain, contract: LedgerContract) -> _RoundIndex:
+    """``contract``'s round index on ``chain``, brought up to the head."""
+    by_contract = _round_indexes.setdefault(chain, {})
+    index = by_contract.setdefault(contract.address, _RoundIndex())
+    head = chain.head_header()
+    if head.block_number <= index.scanned:
+        return index
+    for event in contract.decode_logs(
+        chain.logs(index.scanned + 1, head.block_number, address=contract.address)
+    ):
+        a = event.args
+        if event.name == "UpdateSubmitted":
+            index.last_submission[(int(a["task"]), int(a["round"]))] = int(event.block_number or 0)
+        elif event.name == "RoundCommitted":
+            block = int(event.block_number or 0)
+            index.committed.setdefault(int(a["task"]), []).append(
                 {
                     "round": int(a["round"]),
                     "aggregate": str(Cid(bytes(a["aggregate"]))),
@@ -135,12 +159,31 @@ def round_history(chain: Chain, contract: LedgerContract, task_id: int) -> list[
                     "accepted": int(a["accepted"]),
                     "rejected": int(a["rejected"]),
                     "paid_wei": str(int(a["paid"])),
-                    "block": int(event.block_number or 0),
-                    "last_submission_block": last_submission.get(int(a["round"])),
-                    "timestamp": int(chain.block(int(event.block_number or 0)).header.timestamp),
+                    "block": block,
+                    "timestamp": int(chain.block(block).header.timestamp),
                 }
             )
-    return out
+    index.scanned = head.block_number
+    return index
+
+
+def round_history(chain: Chain, contract: LedgerContract, task_id: int) -> list[dict[str, object]]:
+    """Every ``RoundCommitted`` of ``task_id`` (the ledger's own record of its rounds), with the
+    block of the round's last ``UpdateSubmitted`` (the commit's own block when one height
+    recorded the round's last updates and closed it).
+
+    Each call reads only the blocks added since the previous one (:class:`_RoundIndex`): miners
+    and the ``round_status`` API ask every round, and a scan from the genesis grew with the chain.
+    """
+    with _round_indexes_lock:
+        index = _round_index(chain, contract)
+        return [
+            {
+                **entry,
+                "last_submission_block": index.last_submission.get((task_id, int(entry["round"]))),
+            }
+            for entry in index.committed.get(task_id, [])
+        ]
 
 
 def decode_submission(contract: LedgerContract, tx: Any) -> tuple[int, int, SubmittedUpdate] | None:

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 BFT_TOPIC = "bft"
 """Credentials, proposals, votes and evidence (:mod:`.messages`)."""
 TX_TOPIC = "txs"
-"""Transaction batches between mempools."""
+"""Transaction batches to the committee's mempools (members subscribe; others only publish)."""
 BLOCK_TOPIC = "blocks"
 """Certified blocks, announced by their proposers, for the nodes outside the committee.
 

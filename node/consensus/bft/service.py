@@ -25,7 +25,8 @@ Around it:
   the ``blocks`` topic. Only committee members subscribe to the ``bft`` topic (credentials,
   proposals and votes: a dozen messages a height, each received from several mesh peers);
   everyone else adopts announced blocks after verifying their certificates, and syncs when one
-  is missing.
+  is missing. Likewise only members subscribe to the ``txs`` topic: the others publish their own
+  transactions to it.
 
 A node outside the committee (a device, say) runs the same service and follows the chain: it
 never signs, and it imports only certified blocks, announced or synced.
@@ -361,10 +362,8 @@ class ConsensusService(Service):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             blocks = await self.network.subscribe(BLOCK_TOPIC)
-            txs = await self.network.subscribe(TX_TOPIC)
             self.network.serve_sync(self._serve_sync)
             nursery.start_soon(self._publish_loop)
-            nursery.start_soon(self._tx_in_loop, txs)
             await self._initial_sync()
             await self._start_height()
             nursery.start_soon(self._blocks_in_loop, blocks)
@@ -399,20 +398,29 @@ class ConsensusService(Service):
         ctx = await self._context()
         member = self.core.address in ctx.committee
         if member and not self._bft_subscribed:
-            await self._subscribe_bft()
+            await self._subscribe_committee_topics()
         has_work = member and (await self.link.pending() > 0 or self._wants_block())
         self._height_started = time.monotonic()
         self._proposal_seen = None
         self.stats.height, self.stats.round = ctx.height, 0
         await self._apply(self.core.start_height(ctx, has_work=has_work))
 
-    async def _subscribe_bft(self) -> None:
-        """Start receiving credentials, proposals and votes: from the first height at which this
-        node sits on the committee (a miner registered later subscribes when it joins)."""
+    async def _subscribe_committee_topics(self) -> None:
+        """Start receiving credentials, proposals and votes, and other nodes' transactions: from
+        the first height at which this node sits on the committee (a miner registered later
+        subscribes when it joins).
+
+        Only a proposer needs a mempool of everyone's transactions; a node outside the committee
+        publishes its own to the members (gossipsub's fanout) without receiving, checking and
+        relaying every other node's. A transaction gossiped before a member subscribed reaches
+        it when its sender gossips it again (``tx_regossip_s``).
+        """
         assert self._nursery is not None
         self._bft_subscribed = True
         channel = await self.network.subscribe(BFT_TOPIC)
         self._nursery.start_soon(self._bft_in_loop, channel)
+        txs = await self.network.subscribe(TX_TOPIC)
+        self._nursery.start_soon(self._tx_in_loop, txs)
 
     async def _committed_block(
         self, certified: CertifiedBlock, seed: bytes, how: str, *, announce: bool = False

@@ -17,7 +17,7 @@ from flnode.consensus.network import NetworkSpec
 from flnode.consensus.service import ChainService
 from flnode.consensus_net import P2PConsensusNetwork, register_consensus_messages
 from flnode.identity import NodeIdentity
-from flnode.p2p.service import P2PService
+from flnode.p2p.service import P2PService, topic_name
 
 from .nodes import FAST, make_spec, people
 
@@ -63,8 +63,8 @@ async def p2p_node(
 
 
 async def test_miners_over_libp2p_commit_and_a_late_miner_syncs(tmp_path: Path) -> None:
-    ids = people(4, seed=77)
-    spec = make_spec(ids, [])
+    ids = people(5, seed=77)
+    spec = make_spec(ids[:4], ids[4:])
     async with trio.open_nursery() as nursery:
         async with trio.open_nursery() as inner:
             await _scenario(nursery, inner, ids, spec, tmp_path)
@@ -120,5 +120,26 @@ async def _scenario(
                 break
             await trio.sleep(0.1)
     assert len({h.state_root for h in heads}) == 1
-    for n in nodes:
+    # A node outside the committee neither receives the votes nor the other nodes'
+    # transactions; its own reach the committee through gossipsub's fanout and are committed.
+    async with p2p_node(
+        nursery, inner, ids[4], spec, tmp_path / "follower", (nodes[2].p2p.addrs[0],)
+    ) as follower:
+        pass
+    assert not follower.consensus.core.is_member  # type: ignore[union-attr]
+    await follower.p2p.wait_for_topic_peers("txs", 4, timeout=20)
+    subscribed = set(follower.p2p.pubsub.topic_ids)  # type: ignore[union-attr]
+    assert subscribed == {topic_name(spec.network_id, t) for t in ("blocks", "peers")}
+    tx = await follower.chain.send(ids[0].address, b"", value=3)
+    with trio.fail_after(60):
+        for n in [*nodes, follower]:
+            while True:
+                try:
+                    assert (await n.chain.receipt(tx)).success
+                    break
+                except KeyError:
+                    await trio.sleep(0.05)
+    assert follower.consensus.stats.txs_received == 0
+    assert all(n.consensus.stats.txs_received > 0 for n in nodes)
+    for n in [*nodes, follower]:
         assert not n.consensus.stats.offences, n.consensus.stats.offences
