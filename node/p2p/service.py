@@ -59,7 +59,9 @@ _CONNECTOR_TICK_S = 0.25
 _MAX_PX_ADDRS = 64
 _PX_REFRESH_S = 60.0  # repeat an unchanged peer announcement at most this often
 _VALIDATED_CACHE = 8192
-_REANNOUNCE_S = 2.0
+_REANNOUNCE_S = 2.0  # while connections come and go (see _reannounce_subscriptions)
+_REANNOUNCE_CHURN_S = 20.0
+_REANNOUNCE_STABLE_S = 30.0
 
 log = get_logger("flnode.p2p")
 
@@ -155,6 +157,8 @@ class P2PService(Service):
         self._on_peer_event = on_peer_event
         self._known: dict[str, _KnownPeer] = {}
         self._connected: set[str] = set()
+        self._connections_changed_at = -math.inf
+        """Monotonic time of the last connection opened or closed (duplicates included)."""
         self._subscribers: dict[str, list[trio.MemorySendChannel[Envelope]]] = {}
         self._validated: OrderedDict[tuple[bytes, bytes], Envelope] = OrderedDict()
         self._px_wanted = trio.Event()
@@ -430,6 +434,7 @@ class P2PService(Service):
         return lifted
 
     def _on_connected(self, peer_id: ID) -> None:
+        self._connections_changed_at = time.monotonic()
         peer = peer_id.to_base58()
         if self.scores.is_banned(peer):
             if self._nursery is not None and self.host is not None:
@@ -443,6 +448,7 @@ class P2PService(Service):
                 self._on_peer_event("joined", peer)
 
     def _on_disconnected(self, peer_id: ID) -> None:
+        self._connections_changed_at = time.monotonic()
         peer = peer_id.to_base58()
         if self.host is not None and peer_id in self.host.get_connected_peers():
             return  # another connection to the same peer is still open
@@ -524,6 +530,11 @@ class P2PService(Service):
             if not isinstance(message, PeerExchange):
                 continue
             for text in message.addrs:
+                # Parsing a multiaddr is the expensive part, and in a settled network nearly
+                # every announced peer is one we are connected to already.
+                peer = text.rpartition("/p2p/")[2]
+                if peer == self.peer_id or (peer in self._connected and peer in self._known):
+                    continue
                 try:
                     self._learn(multiaddr.Multiaddr(text))
                 except Exception:
@@ -568,10 +579,25 @@ class P2PService(Service):
                 log.debug("peer exchange publish failed", error=repr(exc))
 
     async def _reannounce_subscriptions(self) -> None:
-        """Work around libp2p forgetting a live peer's view of our topics (_libp2p_fixes)."""
+        """Work around libp2p forgetting a live peer's view of our topics (_libp2p_fixes).
+
+        The loss follows a connection closing (one of two to the same peer), so our topics go to
+        every peer every ``_REANNOUNCE_S`` while connections opened or closed in the last
+        ``_REANNOUNCE_CHURN_S``, and only every ``_REANNOUNCE_STABLE_S`` otherwise: each round
+        costs one RPC per connection, and in a full mesh of N nodes, N² RPCs every two seconds
+        kept a 35-node devnet's cores busy while it sat idle.
+        """
+        sent_at = -math.inf
         while True:
             await trio.sleep(_REANNOUNCE_S)
+            now = time.monotonic()
+            if (
+                now - self._connections_changed_at > _REANNOUNCE_CHURN_S
+                and now - sent_at < _REANNOUNCE_STABLE_S
+            ):
+                continue
             if self.pubsub is not None and self._connected:
+                sent_at = now
                 try:
                     await _libp2p_fixes.reannounce_subscriptions(self.pubsub)
                 except Exception as exc:  # never let this kill the service
