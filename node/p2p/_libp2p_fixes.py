@@ -35,6 +35,10 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   writing left one too (seen in the chaos test: a miner and the manufacturer died). The
   replacement treats it like the other read errors: the stream is reset and the peer dropped
   from pubsub until it reconnects.
+* **A signed peer record built for every RPC sent**: ``env_to_send_in_RPC`` rebuilds the host's
+  advertised addresses (multiaddr parsing and encapsulation) and re-serialises its signed peer
+  record for each RPC, a few per cent of every node's CPU on a busy devnet. The bytes are now
+  kept for ``_RECORD_TTL_S`` per host (a change of address shows up at most that late).
 * **No flood publishing**: py-libp2p's GossipSub sends a message this node publishes to its mesh
   (or fanout) peers only, ``degree`` of them, so most subscribers get it a hop or two later.
   go-libp2p's GossipSub floods its own publications to every subscribed peer with an acceptable
@@ -46,8 +50,11 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
 from __future__ import annotations
 
 import contextlib
+import time
+import weakref
 from typing import Any
 
+import libp2p.peer.peerstore as _peerstore_module
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.pubsub.utils as _pubsub_utils
@@ -123,6 +130,22 @@ def _consume_signed_record_once(msg: Any, host: Any, peer_id: Any = None) -> boo
     return ok
 
 
+_RECORD_TTL_S = 1.0
+_records_to_send: weakref.WeakKeyDictionary[Any, tuple[float, bytes]] = weakref.WeakKeyDictionary()
+_original_env_to_send = _peerstore_module.env_to_send_in_RPC
+
+
+def _env_to_send_cached(host: Any) -> tuple[bytes, bool]:
+    """``env_to_send_in_RPC`` with its result kept for ``_RECORD_TTL_S`` (see the docstring)."""
+    now = time.monotonic()
+    cached = _records_to_send.get(host)
+    if cached is not None and now - cached[0] < _RECORD_TTL_S:
+        return cached[1], False
+    envelope, created = _original_env_to_send(host)
+    _records_to_send[host] = (now, envelope)
+    return envelope, created
+
+
 def apply() -> None:
     """Install the work-arounds (idempotent)."""
     global _applied
@@ -133,6 +156,8 @@ def apply() -> None:
     _pubsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _gossipsub_module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[assignment]
     _yamux_module._yamux_release_on_read = _release_on_half_window
+    _pubsub_module.env_to_send_in_RPC = _env_to_send_cached  # type: ignore[assignment]
+    _gossipsub_module.env_to_send_in_RPC = _env_to_send_cached  # type: ignore[assignment]
     _pubsub_module.Pubsub.stream_handler = _stream_handler  # type: ignore[method-assign]
     _gossipsub_module.GossipSub._get_peers_to_send = _flood_own_publications(
         _gossipsub_module.GossipSub._get_peers_to_send
