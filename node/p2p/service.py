@@ -584,8 +584,9 @@ class P2PService(Service):
         The loss follows a connection closing (one of two to the same peer), so our topics go to
         every peer every ``_REANNOUNCE_S`` while connections opened or closed in the last
         ``_REANNOUNCE_CHURN_S``, and only every ``_REANNOUNCE_STABLE_S`` otherwise: each round
-        costs one RPC per connection, and in a full mesh of N nodes, N² RPCs every two seconds
-        kept a 35-node devnet's cores busy while it sat idle.
+        costs one RPC per connection: N² RPCs every two seconds in a full mesh of N nodes (with
+        the peer announcements' multiaddr parsing, an idle 35-node devnet took 1.13 of 2 cores;
+        0.55 after both changes).
         """
         sent_at = -math.inf
         while True:
