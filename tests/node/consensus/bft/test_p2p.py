@@ -62,7 +62,9 @@ async def p2p_node(
     yield P2PNode(identity, p2p, chain, consensus)
 
 
-async def test_miners_over_libp2p_commit_and_a_late_miner_syncs(tmp_path: Path) -> None:
+async def test_miners_over_libp2p_commit_a_late_miner_syncs_and_a_follower_sends_by_fanout(
+    tmp_path: Path,
+) -> None:
     ids = people(5, seed=77)
     spec = make_spec(ids[:4], ids[4:])
     async with trio.open_nursery() as nursery:
