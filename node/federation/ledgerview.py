@@ -21,6 +21,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from ..cid import Cid
+from ..consensus.abi import DecodedEvent
 from ..consensus.chain import Chain
 from ..consensus.ledger import LedgerContract, TaskInfo
 
@@ -150,21 +151,26 @@ def _round_index(chain: Chain, contract: LedgerContract) -> _RoundIndex:
         if event.name == "UpdateSubmitted":
             index.last_submission[(int(a["task"]), int(a["round"]))] = int(event.block_number or 0)
         elif event.name == "RoundCommitted":
-            block = int(event.block_number or 0)
-            index.committed.setdefault(int(a["task"]), []).append(
-                {
-                    "round": int(a["round"]),
-                    "aggregate": str(Cid(bytes(a["aggregate"]))),
-                    "proposer": to_checksum_address(a["proposer"]),
-                    "accepted": int(a["accepted"]),
-                    "rejected": int(a["rejected"]),
-                    "paid_wei": str(int(a["paid"])),
-                    "block": block,
-                    "timestamp": int(chain.block(block).header.timestamp),
-                }
-            )
+            index.committed.setdefault(int(a["task"]), []).append(committed_entry(chain, event))
     index.scanned = head.block_number
     return index
+
+
+def committed_entry(chain: Chain, event: DecodedEvent) -> dict[str, Any]:
+    """A ``RoundCommitted`` event as :func:`round_history` reports it (less the round's last
+    submission block, which other events give)."""
+    a = event.args
+    block = int(event.block_number or 0)
+    return {
+        "round": int(a["round"]),
+        "aggregate": str(Cid(bytes(a["aggregate"]))),
+        "proposer": to_checksum_address(a["proposer"]),
+        "accepted": int(a["accepted"]),
+        "rejected": int(a["rejected"]),
+        "paid_wei": str(int(a["paid"])),
+        "block": block,
+        "timestamp": int(chain.block(block).header.timestamp),
+    }
 
 
 def round_history(chain: Chain, contract: LedgerContract, task_id: int) -> list[dict[str, object]]:

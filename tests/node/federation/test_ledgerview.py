@@ -90,20 +90,8 @@ def _scan_from_genesis(ledger: _Ledger, task: int) -> list[dict[str, object]]:
         if event.name == "UpdateSubmitted":
             last[int(a["round"])] = int(event.block_number or 0)
         if event.name == "RoundCommitted":
-            block = int(event.block_number or 0)
-            out.append(
-                {
-                    "round": int(a["round"]),
-                    "aggregate": str(Cid(bytes(a["aggregate"]))),
-                    "proposer": to_checksum_address(a["proposer"]),
-                    "accepted": int(a["accepted"]),
-                    "rejected": int(a["rejected"]),
-                    "paid_wei": str(int(a["paid"])),
-                    "block": block,
-                    "last_submission_block": last.get(int(a["round"])),
-                    "timestamp": int(chain.block(block).header.timestamp),
-                }
-            )
+            entry = ledgerview.committed_entry(chain, event)
+            out.append({**entry, "last_submission_block": last.get(int(a["round"]))})
     return out
 
 
@@ -116,7 +104,15 @@ def test_round_history_grows_with_the_chain_and_matches_a_full_scan() -> None:
     second = ledger.create_task(rounds=1)
     history = ledgerview.round_history(chain, contract, first)
     assert [h["round"] for h in history] == [0]
-    assert history[0]["aggregate"] == str(agg0)
+    (entry,) = history
+    commit_block = entry["block"]
+    assert isinstance(commit_block, int)
+    assert entry["aggregate"] == str(agg0)
+    assert entry["proposer"] == to_checksum_address(ledger.miner.address)
+    assert (entry["accepted"], entry["rejected"]) == (len(ledger.devices), 0)
+    assert ETHER - 10 <= int(entry["paid_wei"]) <= ETHER  # the round's reward, less rounding
+    assert entry["last_submission_block"] == commit_block - 1  # one transaction per block
+    assert entry["timestamp"] == chain.block(commit_block).header.timestamp
     assert history == _scan_from_genesis(ledger, first)
     # Blocks added since the last call (another task's round among them) are read on the next.
     ledger.run_round(second, 0)
