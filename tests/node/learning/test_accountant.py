@@ -145,6 +145,55 @@ def test_calibration_is_tight_and_counts_prior_releases() -> None:
     assert with_prior.spent.epsilon <= 10.0
 
 
+def _spent(prior: list[Charge], z: float, q: float, steps: int, delta: float) -> EpsDelta:
+    return compose([*prior, _charge(SubsampledGaussianCurve(z, q, steps), delta)], delta).spent
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    q=st.floats(1e-3, 0.5),
+    steps=st.integers(1, 3000),
+    epsilon=st.floats(0.3, 60.0),
+    prior_z=st.one_of(st.none(), st.floats(2.0, 50.0)),
+)
+def test_calibration_returns_the_fitting_end_of_a_bracket_no_wider_than_the_tolerance(
+    q: float, steps: int, epsilon: float, prior_z: float | None
+) -> None:
+    """Whatever the search's path: z fits the budget, and z − tolerance does not (or z is the
+    smallest multiplier considered, 0.05)."""
+    prior = [] if prior_z is None else [_charge(GaussianCurve(prior_z))] * 3
+    budget = EpsDelta(epsilon, DELTA)
+    try:
+        z = calibrate_noise_multiplier(prior, sample_rate=q, steps=steps, budget=budget)
+    except AccountingError:
+        assert _spent(prior, 1000.0, q, steps, DELTA).epsilon > epsilon
+        return
+    assert _spent(prior, z, q, steps, DELTA).epsilon <= epsilon
+    if z > 0.05:
+        assert _spent(prior, z - 1e-3, q, steps, DELTA).epsilon > epsilon
+
+
+def test_calibration_of_the_default_task_takes_few_rdp_curves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every device calibrates once per task and each probe is an Opacus RDP curve (~50 ms near
+    the answer): the search must not fall back to bisection's ~15 probes."""
+    from flnode.learning import accountant
+
+    probes: list[float] = []
+    real = accountant.SubsampledGaussianCurve
+
+    def counted(z: float, q: float, steps: int) -> SubsampledGaussianCurve:
+        probes.append(z)
+        return real(z, q, steps)
+
+    monkeypatch.setattr(accountant, "SubsampledGaussianCurve", counted)
+    # The default devnet task: 5,950 images per device, batches of 256, 10 rounds of 1 epoch.
+    z = calibrate_noise_multiplier([], sample_rate=256 / 5950, steps=230, budget=EpsDelta(10, DELTA))
+    assert 0.7 < z < 0.8
+    assert len(probes) <= 7, f"calibration probed {len(probes)} multipliers: {probes}"
+
+
 def test_calibration_refuses_what_cannot_fit() -> None:
     with pytest.raises(AccountingError, match="delta > 0"):
         calibrate_noise_multiplier([], sample_rate=0.1, steps=10, budget=EpsDelta(1.0, 0.0))
