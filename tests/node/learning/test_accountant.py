@@ -189,7 +189,9 @@ def test_calibration_of_the_default_task_takes_few_rdp_curves(
 
     monkeypatch.setattr(accountant, "SubsampledGaussianCurve", counted)
     # The default devnet task: 5,950 images per device, batches of 256, 10 rounds of 1 epoch.
-    z = calibrate_noise_multiplier([], sample_rate=256 / 5950, steps=230, budget=EpsDelta(10, DELTA))
+    z = calibrate_noise_multiplier(
+        [], sample_rate=256 / 5950, steps=230, budget=EpsDelta(10, DELTA)
+    )
     assert 0.7 < z < 0.8
     assert len(probes) <= 7, f"calibration probed {len(probes)} multipliers: {probes}"
 
