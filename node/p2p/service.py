@@ -58,6 +58,8 @@ _DIAL_TIMEOUT_S = 5.0
 _CONNECTOR_TICK_S = 0.25
 _MAX_PX_ADDRS = 64
 _PX_REFRESH_S = 60.0  # repeat an unchanged peer announcement at most this often
+_PX_GAP_PER_PEER_S = 0.25  # least time between two announcements, per connected peer
+_PX_MAX_GAP_S = 15.0
 _VALIDATED_CACHE = 8192
 _REANNOUNCE_S = 2.0  # while connections come and go (see _reannounce_subscriptions)
 _REANNOUNCE_CHURN_S = 20.0
@@ -162,6 +164,7 @@ class P2PService(Service):
         self._subscribers: dict[str, list[trio.MemorySendChannel[Envelope]]] = {}
         self._validated: OrderedDict[tuple[bytes, bytes], Envelope] = OrderedDict()
         self._px_wanted = trio.Event()
+        self._px_sent_at = -math.inf  # trio clock of our last peer announcement
         self._nursery: trio.Nursery | None = None
         self._ready = trio.Event()
         self.host = None
@@ -541,11 +544,16 @@ class P2PService(Service):
                     continue
 
     async def _announce_peers(self) -> None:
-        """Tell the network whom we know: on every new connection (debounced) and periodically.
+        """Tell the network whom we know: after new connections and periodically.
 
-        A periodic announcement that would repeat the previous one is skipped unless
-        ``_PX_REFRESH_S`` have passed: every announcement reaches every node, so a network of N
-        nodes repeating themselves every few seconds spends its CPU on O(N²) identical messages.
+        Every announcement reaches every node, so announcing on each connection change costs
+        O(N²) deliveries while N nodes mesh up, each with two signature checks: a 45-node devnet
+        spent its first minutes on little else, and its consensus messages queued behind them
+        for a minute (dropped as stale; no block was ever committed). Two announcements of one
+        node are therefore at least ``_PX_GAP_PER_PEER_S`` per connected peer apart (at most
+        ``_PX_MAX_GAP_S``): a node with few peers still spreads the news of a new one within a
+        second, and a network's total stays about linear in its size. A periodic announcement
+        that would repeat the previous one is skipped unless ``_PX_REFRESH_S`` have passed.
         """
         last: tuple[str, ...] = ()
         last_at = -math.inf
@@ -553,30 +561,38 @@ class P2PService(Service):
             with trio.move_on_after(self.settings.peer_exchange_interval_s):
                 await self._px_wanted.wait()
                 await trio.sleep(0.2)  # let a burst of new connections settle
+            gap = min(_PX_MAX_GAP_S, _PX_GAP_PER_PEER_S * len(self._connected))
+            await trio.sleep_until(max(trio.current_time(), self._px_sent_at + gap))
             self._px_wanted = trio.Event()
             if not self._connected:
                 continue
-            addrs = self.addrs[:4]
-            for peer in sorted(self._connected):
-                known = self._known.get(peer)
-                if known is None and self.host is not None:
-                    try:
-                        stored = self.host.get_peerstore().addrs(ID.from_base58(peer))
-                    except Exception:  # PeerStoreError: no addresses recorded for it
-                        stored = []
-                    known = _KnownPeer(list(stored)) if stored else None
-                if known is not None and known.addrs:
-                    transport = str(known.addrs[0]).split("/p2p/", 1)[0]
-                    addrs.append(f"{transport}/p2p/{peer}")
-                if len(addrs) >= _MAX_PX_ADDRS:
-                    break
+            addrs = self._px_addrs()
             if tuple(addrs) == last and time.monotonic() - last_at < _PX_REFRESH_S:
                 continue
             last, last_at = tuple(addrs), time.monotonic()
+            self._px_sent_at = trio.current_time()
             try:
                 await self.publish(PEERS_TOPIC, PeerExchange(tuple(addrs)))
             except Exception as exc:  # never let discovery kill the service
                 log.debug("peer exchange publish failed", error=repr(exc))
+
+    def _px_addrs(self) -> list[str]:
+        """Our own addresses, then one address of each connected peer (up to _MAX_PX_ADDRS)."""
+        addrs = self.addrs[:4]
+        for peer in sorted(self._connected):
+            known = self._known.get(peer)
+            if known is None and self.host is not None:
+                try:
+                    stored = self.host.get_peerstore().addrs(ID.from_base58(peer))
+                except Exception:  # PeerStoreError: no addresses recorded for it
+                    stored = []
+                known = _KnownPeer(list(stored)) if stored else None
+            if known is not None and known.addrs:
+                transport = str(known.addrs[0]).split("/p2p/", 1)[0]
+                addrs.append(f"{transport}/p2p/{peer}")
+            if len(addrs) >= _MAX_PX_ADDRS:
+                break
+        return addrs
 
     async def _reannounce_subscriptions(self) -> None:
         """Work around libp2p forgetting a live peer's view of our topics (_libp2p_fixes).

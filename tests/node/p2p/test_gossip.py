@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import trio
 
-from flnode.p2p.messages import Ping
+from flnode.p2p import service as p2p_service
+from flnode.p2p.messages import PeerExchange, Ping
 
 from .conftest import full_mesh, running_services
 
@@ -22,6 +25,36 @@ async def test_five_hosts_find_each_other_from_one_bootstrap_peer() -> None:
         for s in services:
             others = {o.peer_id for o in services if o is not s}
             assert set(s.connected_peers()) == others
+
+
+async def test_peer_announcements_are_spaced_by_the_number_of_connected_peers() -> None:
+    """Announcing on every new connection made meshing N nodes cost O(N²) network-wide
+    deliveries (a 45-node devnet never committed a block); a node now waits
+    _PX_GAP_PER_PEER_S per connected peer between two announcements, and discovery still
+    meshes everyone from one bootstrap address."""
+    sent: dict[str, list[tuple[float, int]]] = {}
+    async with running_services(7) as services:
+        for s in services:
+            publish = s.publish
+
+            async def recorded(topic, message, *, _s=s, _publish=publish):  # type: ignore[no-untyped-def]
+                if isinstance(message, PeerExchange):
+                    sent.setdefault(_s.peer_id, []).append(
+                        (trio.current_time(), len(_s.connected_peers()))
+                    )
+                return await _publish(topic, message)
+
+            s.publish = recorded  # type: ignore[method-assign]
+        await full_mesh(services)
+        await trio.sleep(3.0)
+    assert sent, "no node announced its peers"
+    per_peer = p2p_service._PX_GAP_PER_PEER_S
+    for peer, times in sent.items():
+        for (t0, connected), (t1, _) in itertools.pairwise(times):
+            assert t1 - t0 >= per_peer * connected - 0.05, (
+                f"{peer} announced {t1 - t0:.2f} s after an announcement made with "
+                f"{connected} peers connected (expected >= {per_peer * connected:.2f} s)"
+            )
 
 
 async def test_published_message_reaches_every_other_host_exactly_once() -> None:
