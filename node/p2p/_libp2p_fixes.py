@@ -14,8 +14,8 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   forgets *all* of that peer's topic subscriptions, although the peer is still connected over the
   other connection and will not announce them again; from then on we never send it anything on
   those topics (seen in tests as a peer that waits forever for a subscriber). Subscriptions are
-  idempotent, so :func:`reannounce_subscriptions` re-sends ours to every peer, and the service
-  calls it every few seconds.
+  idempotent, so :func:`reannounce_subscriptions` re-sends ours: to the peer, shortly after
+  one of two connections to it closes, and to every peer every 30 s as a safety net.
 * **Teardown race**: ``Pubsub._teardown_if_connected`` deletes the peer's stream entry after an
   await, so a peer removed meanwhile raises KeyError, which stops the Pubsub service and then
   crashes the node on the next RPC read (seen on a loaded 14-node devnet). Replaced by a version
@@ -82,8 +82,9 @@ def disable_auto_connector(host: object) -> None:
     network.auto_connector.maybe_connect = _never
 
 
-async def reannounce_subscriptions(pubsub: object) -> None:
-    """Send one RPC listing every topic we subscribe to, to every peer (see the docstring)."""
+async def reannounce_subscriptions(pubsub: object, peer: object | None = None) -> None:
+    """Send one RPC listing every topic we subscribe to, to ``peer`` (a libp2p ``ID``) or to
+    every peer (see the docstring)."""
     from libp2p.pubsub.pb import rpc_pb2
 
     topics = list(pubsub.topic_ids)  # type: ignore[attr-defined]
@@ -93,7 +94,12 @@ async def reannounce_subscriptions(pubsub: object) -> None:
     packet.subscriptions.extend(
         [rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic) for topic in topics]
     )
-    await pubsub.message_all_peers(packet.SerializeToString())  # type: ignore[attr-defined]
+    if peer is None:
+        await pubsub.message_all_peers(packet.SerializeToString())  # type: ignore[attr-defined]
+        return
+    queue = pubsub.peer_queues.get(peer)  # type: ignore[attr-defined]
+    if queue is not None:
+        queue.push(packet)
 
 
 async def _teardown_if_connected(self: Any, peer_id: Any) -> None:

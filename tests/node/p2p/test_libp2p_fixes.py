@@ -5,11 +5,13 @@ from __future__ import annotations
 import libp2p.pubsub.gossipsub as gossipsub_module
 import libp2p.pubsub.pubsub as pubsub_module
 import pytest
+import trio
 from libp2p.peer.envelope import consume_envelope
 
 from flnode.p2p import _libp2p_fixes
+from flnode.p2p.service import topic_name
 
-from .conftest import running_services
+from .conftest import NETWORK, full_mesh, running_services
 
 
 async def test_the_signed_peer_record_sent_with_each_rpc_is_built_once_per_interval(
@@ -42,3 +44,35 @@ async def test_the_signed_peer_record_sent_with_each_rpc_is_built_once_per_inter
         monkeypatch.setattr(_libp2p_fixes, "_RECORD_TTL_S", 0.0)
         _libp2p_fixes._env_to_send_cached(host)
         assert len(built) == 2
+
+
+async def _knows_subscription(pubsub: object, topic: str, peer: object, within: float) -> bool:
+    with trio.move_on_after(within):
+        while peer not in pubsub.peer_topics.get(topic, ()):  # type: ignore[attr-defined]
+            await trio.sleep(0.05)
+        return True
+    return False
+
+
+async def test_subscriptions_a_peer_forgot_are_resent_after_a_duplicate_connection_closes() -> None:
+    """py-libp2p forgets all of a peer's subscriptions when one of two connections to it closes,
+    though the peer stays connected. The node that sees such a close re-sends its own
+    subscriptions to that peer (in a second, not at the 30 s safety-net refresh)."""
+    async with running_services(2) as (a, b):
+        await full_mesh([a, b])
+        await b.subscribe("t")
+        topic = topic_name(NETWORK, "t")
+        a_id, b_id = a.host.get_id(), b.host.get_id()  # type: ignore[union-attr]
+        assert await _knows_subscription(a.pubsub, topic, b_id, within=10.0)
+        # What py-libp2p does on a's side when a duplicate connection closes ...
+        a.pubsub._forget_all_subscriptions(b_id)  # type: ignore[union-attr]
+        assert not await _knows_subscription(a.pubsub, topic, b_id, within=3.0), (
+            "the lost subscription came back by itself; this test no longer shows anything"
+        )
+        # ... and what b's notifee reports at the same moment: a closed connection to a peer
+        # that is still connected.
+        assert a_id in b.host.get_connected_peers()  # type: ignore[union-attr]
+        b._on_disconnected(a_id)
+        assert await _knows_subscription(a.pubsub, topic, b_id, within=3.0), (
+            "b did not re-send its subscriptions after the duplicate connection closed"
+        )
