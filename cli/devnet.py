@@ -15,7 +15,9 @@ DEFAULT_DIR = Path(".devnet")
 dir_option = click.option(
     "--dir",
     "directory",
-    type=click.Path(file_okay=False, path_type=Path),
+    # Absolute: each node's config names files in it, and a node reads relative paths against
+    # its own data dir (`make run` passes a relative one).
+    type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
     default=DEFAULT_DIR,
     envvar="FLNODE_DEVNET_DIR",
     show_default=True,

@@ -194,7 +194,9 @@ def _write_config(network: Network, node: DevnetNode) -> None:
     if "device" in node.roles:
         _device_settings(network, node, config.setdefault("federation", {}))
     if (network.dir / CHAIN_FILE).exists():  # a layout may opt out: chain.network_file = ""
-        config.setdefault("chain", {}).setdefault("network_file", str(network.dir / CHAIN_FILE))
+        config.setdefault("chain", {}).setdefault(
+            "network_file", str((network.dir / CHAIN_FILE).resolve())
+        )
     header = f"# Written by `flnode devnet` for node {node.name}; edit the layout instead.\n"
     (network.datadir(node.name) / "config.toml").write_text(
         header + tomli_w.dumps(config), encoding="utf-8"

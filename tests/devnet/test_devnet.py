@@ -16,9 +16,11 @@ from tests.daemons import process_gone
 
 
 def _flnode(
-    exe: list[str], env: dict[str, str], *args: str, timeout: float = 120
+    exe: list[str], env: dict[str, str], *args: str, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*exe, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [*exe, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
+    )
 
 
 def _status(exe: list[str], env: dict[str, str], d: Path) -> dict[str, dict[str, Any]]:
@@ -166,3 +168,33 @@ def test_up_fails_clearly_when_a_node_cannot_start(
     assert "unknown config section [bogus]" in failed.stderr
     other = _flnode(flnode_exe, clean_env, "devnet", "up", "--dir", d, "--miners", "2")
     assert other.returncode == 1 and "another layout" in other.stderr
+
+
+def test_up_and_down_with_a_relative_dir_as_make_run_passes_it(
+    tmp_path: Path, flnode_exe: list[str], clean_env: dict[str, str]
+) -> None:
+    """`make run` gives `--dir .run/devnet`; the nodes' configs name the chain's network file,
+    which a node reads relative to its own data dir, so a relative devnet dir once broke every
+    node with a miner in the devnet."""
+    try:
+        up = _flnode(
+            flnode_exe,
+            clean_env,
+            *("devnet", "up", "--dir", "rel/devnet", "--miners", "1", "--devices", "1"),
+            "--timeout",
+            "90",
+            cwd=tmp_path,
+        )
+        assert up.returncode == 0, up.stderr
+        status = _flnode(
+            flnode_exe, clean_env, "devnet", "status", "--dir", "rel/devnet", "--json", cwd=tmp_path
+        )
+        assert status.returncode == 0, status.stderr
+        rows = json.loads(status.stdout)
+        assert rows and all(row["alive"] for row in rows), rows
+        assert all(row["height"] >= 1 for row in rows), rows
+    finally:
+        _flnode(
+            flnode_exe, clean_env, "devnet", "down", "--dir", "rel/devnet", "--grace", "3",
+            cwd=tmp_path,
+        )  # fmt: skip
