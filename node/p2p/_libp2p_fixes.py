@@ -15,7 +15,8 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   other connection and will not announce them again; from then on we never send it anything on
   those topics (seen in tests as a peer that waits forever for a subscriber). Subscriptions are
   idempotent, so :func:`reannounce_subscriptions` re-sends ours: to the peer, shortly after
-  one of two connections to it closes, and to every peer every 30 s as a safety net.
+  one of two connections to it closes, and to every peer every few seconds while connections
+  open or close (spaced by the number of peers) and every 30 s otherwise.
 * **Teardown race**: ``Pubsub._teardown_if_connected`` deletes the peer's stream entry after an
   await, so a peer removed meanwhile raises KeyError, which stops the Pubsub service and then
   crashes the node on the next RPC read (seen on a loaded 14-node devnet). Replaced by a version

@@ -61,8 +61,11 @@ _PX_REFRESH_S = 60.0  # repeat an unchanged peer announcement at most this often
 _PX_GAP_PER_PEER_S = 0.25  # least time between two announcements, per connected peer
 _PX_MAX_GAP_S = 15.0
 _VALIDATED_CACHE = 8192
-_REANNOUNCE_S = 30.0  # our subscriptions to every peer (see _reannounce_subscriptions)
-_REANNOUNCE_AFTER_S = (0.5, 2.0)  # ... and to a peer after a duplicate connection to it closed
+_REANNOUNCE_CHURN_S = 20.0  # see _reannounce_subscriptions
+_REANNOUNCE_MIN_S = 2.0
+_REANNOUNCE_PER_PEER_S = 0.2
+_REANNOUNCE_STABLE_S = 30.0
+_REANNOUNCE_AFTER_S = (0.5, 2.0)  # to a peer after a duplicate connection to it closed
 
 log = get_logger("flnode.p2p")
 
@@ -162,6 +165,8 @@ class P2PService(Service):
         self._validated: OrderedDict[tuple[bytes, bytes], Envelope] = OrderedDict()
         self._px_wanted = trio.Event()
         self._px_sent_at = -math.inf  # trio clock of our last peer announcement
+        self._connections_changed_at = -math.inf
+        """Monotonic time of the last connection opened or closed (duplicates included)."""
         self._nursery: trio.Nursery | None = None
         self._ready = trio.Event()
         self.host = None
@@ -434,6 +439,7 @@ class P2PService(Service):
         return lifted
 
     def _on_connected(self, peer_id: ID) -> None:
+        self._connections_changed_at = time.monotonic()
         peer = peer_id.to_base58()
         if self.scores.is_banned(peer):
             if self._nursery is not None and self.host is not None:
@@ -447,6 +453,7 @@ class P2PService(Service):
                 self._on_peer_event("joined", peer)
 
     def _on_disconnected(self, peer_id: ID) -> None:
+        self._connections_changed_at = time.monotonic()
         peer = peer_id.to_base58()
         if self.host is not None and peer_id in self.host.get_connected_peers():
             # Another connection to the peer is still open, and its pubsub may just have
@@ -597,20 +604,32 @@ class P2PService(Service):
         """Work around libp2p forgetting a live peer's view of our topics (_libp2p_fixes).
 
         The loss follows one of two connections to the same peer closing, so our topics go to
-        that peer shortly after it happens (:meth:`_reannounce_to`), and to every peer every
-        ``_REANNOUNCE_S`` in case a loss went unseen. This used to go to every peer every 2 s
-        for 20 s after any connection opened or closed: N² RPCs every 2 s while a full mesh of
-        N nodes formed, about half the CPU of a 35-node devnet's start-up (measured: 114 CPU-s
-        and 65 s to come up with it, 64 CPU-s and 38 s with no re-sending at all, 82 CPU-s and
-        47 s with the re-sends to one peer).
+        that peer shortly after we see it happen (:meth:`_reannounce_to`). We do not always see
+        it (a 5-host test once waited 20 s in vain for a subscription), so while connections
+        open or close, and for ``_REANNOUNCE_CHURN_S`` after, they also go to every peer every
+        ``_REANNOUNCE_MIN_S``, or ``_REANNOUNCE_PER_PEER_S`` per connected peer if that is
+        longer, and every ``_REANNOUNCE_STABLE_S`` otherwise. The spacing keeps a forming mesh
+        of N nodes at O(N) of these RPCs a second: every 2 s regardless had been N² RPCs every
+        2 s, half the CPU of a 35-node devnet's start-up (114 CPU-s and 65 s to come up with it,
+        64 CPU-s and 38 s with no re-sending at all).
         """
+        sent_at = time.monotonic()  # a new connection's first RPC carries our topics anyway
         while True:
-            await trio.sleep(_REANNOUNCE_S)
-            if self.pubsub is not None and self._connected:
-                try:
-                    await _libp2p_fixes.reannounce_subscriptions(self.pubsub)
-                except Exception as exc:  # never let this kill the service
-                    log.debug("re-announcing subscriptions failed", error=repr(exc))
+            await trio.sleep(_REANNOUNCE_MIN_S)
+            now = time.monotonic()
+            churn = now - self._connections_changed_at <= _REANNOUNCE_CHURN_S
+            every = (
+                max(_REANNOUNCE_MIN_S, _REANNOUNCE_PER_PEER_S * len(self._connected))
+                if churn
+                else _REANNOUNCE_STABLE_S
+            )
+            if now - sent_at < every or self.pubsub is None or not self._connected:
+                continue
+            sent_at = now
+            try:
+                await _libp2p_fixes.reannounce_subscriptions(self.pubsub)
+            except Exception as exc:  # never let this kill the service
+                log.debug("re-announcing subscriptions failed", error=repr(exc))
 
     async def _reannounce_to(self, peer_id: ID) -> None:
         """Re-send our subscriptions to ``peer_id`` once its side has handled the closed

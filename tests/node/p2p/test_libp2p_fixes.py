@@ -9,6 +9,7 @@ import trio
 from libp2p.peer.envelope import consume_envelope
 
 from flnode.p2p import _libp2p_fixes
+from flnode.p2p import service as p2p_service
 from flnode.p2p.service import topic_name
 
 from .conftest import NETWORK, full_mesh, running_services
@@ -54,10 +55,14 @@ async def _knows_subscription(pubsub: object, topic: str, peer: object, within: 
     return False
 
 
-async def test_subscriptions_a_peer_forgot_are_resent_after_a_duplicate_connection_closes() -> None:
+async def test_subscriptions_a_peer_forgot_are_resent_after_a_duplicate_connection_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """py-libp2p forgets all of a peer's subscriptions when one of two connections to it closes,
     though the peer stays connected. The node that sees such a close re-sends its own
-    subscriptions to that peer (in a second, not at the 30 s safety-net refresh)."""
+    subscriptions to that peer within a second (the re-sends to every peer are switched to their
+    30 s pace here, so that only the targeted one can bring the subscription back)."""
+    monkeypatch.setattr(p2p_service, "_REANNOUNCE_CHURN_S", 0.0)
     async with running_services(2) as (a, b):
         await full_mesh([a, b])
         await b.subscribe("t")
