@@ -164,7 +164,6 @@ class P2PService(Service):
         self._subscribers: dict[str, list[trio.MemorySendChannel[Envelope]]] = {}
         self._validated: OrderedDict[tuple[bytes, bytes], Envelope] = OrderedDict()
         self._px_wanted = trio.Event()
-        self._px_sent_at = -math.inf  # trio clock of our last peer announcement
         self._connections_changed_at = -math.inf
         """Monotonic time of the last connection opened or closed (duplicates included)."""
         self._nursery: trio.Nursery | None = None
@@ -562,21 +561,20 @@ class P2PService(Service):
         that would repeat the previous one is skipped unless ``_PX_REFRESH_S`` have passed.
         """
         last: tuple[str, ...] = ()
-        last_at = -math.inf
+        last_at = -math.inf  # trio clock
         while True:
             with trio.move_on_after(self.settings.peer_exchange_interval_s):
                 await self._px_wanted.wait()
                 await trio.sleep(0.2)  # let a burst of new connections settle
             gap = min(_PX_MAX_GAP_S, _PX_GAP_PER_PEER_S * len(self._connected))
-            await trio.sleep_until(max(trio.current_time(), self._px_sent_at + gap))
+            await trio.sleep_until(max(trio.current_time(), last_at + gap))
             self._px_wanted = trio.Event()
             if not self._connected:
                 continue
             addrs = self._px_addrs()
-            if tuple(addrs) == last and time.monotonic() - last_at < _PX_REFRESH_S:
+            if tuple(addrs) == last and trio.current_time() - last_at < _PX_REFRESH_S:
                 continue
-            last, last_at = tuple(addrs), time.monotonic()
-            self._px_sent_at = trio.current_time()
+            last, last_at = tuple(addrs), trio.current_time()
             try:
                 await self.publish(PEERS_TOPIC, PeerExchange(tuple(addrs)))
             except Exception as exc:  # never let discovery kill the service
@@ -626,10 +624,7 @@ class P2PService(Service):
             if now - sent_at < every or self.pubsub is None or not self._connected:
                 continue
             sent_at = now
-            try:
-                await _libp2p_fixes.reannounce_subscriptions(self.pubsub)
-            except Exception as exc:  # never let this kill the service
-                log.debug("re-announcing subscriptions failed", error=repr(exc))
+            await self._send_subscriptions()
 
     async def _reannounce_to(self, peer_id: ID) -> None:
         """Re-send our subscriptions to ``peer_id`` once its side has handled the closed
@@ -638,14 +633,18 @@ class P2PService(Service):
         for at in _REANNOUNCE_AFTER_S:
             await trio.sleep(at - waited)
             waited = at
-            if self.pubsub is None or self.host is None:
+            if self.host is None or peer_id not in self.host.get_connected_peers():
                 return
-            if peer_id not in self.host.get_connected_peers():
-                return
-            try:
-                await _libp2p_fixes.reannounce_subscriptions(self.pubsub, peer_id)
-            except Exception as exc:  # never let this kill the service
-                log.debug("re-announcing subscriptions failed", error=repr(exc))
+            await self._send_subscriptions(peer_id)
+
+    async def _send_subscriptions(self, peer_id: ID | None = None) -> None:
+        """Our subscriptions to ``peer_id``, or to every peer; failures are only logged."""
+        if self.pubsub is None:
+            return
+        try:
+            await _libp2p_fixes.reannounce_subscriptions(self.pubsub, peer_id)
+        except Exception as exc:  # never let this kill the service
+            log.debug("re-announcing subscriptions failed", error=repr(exc))
 
     def _watch_mdns(self, token: trio.lowlevel.TrioToken) -> Callable[[PeerInfo], None]:
         from libp2p.discovery.events.peerDiscovery import peerDiscovery
