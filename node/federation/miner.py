@@ -283,6 +283,8 @@ class MinerRole:
                 "proposing round commit",
                 task=task_id,
                 round=view.round,
+                height=head_number + 1,
+                consensus_round=round_,
                 aggregate=str(cid),
                 accepted=len(decision.accepted),
                 rejected=len(decision.rejected),

@@ -231,6 +231,8 @@ class ConsensusService(Service):
         self._last_commit = time.monotonic()
         self._height_started = time.monotonic()
         self._proposal_seen: float | None = None
+        self._proposal_sent: tuple[int, int] = (0, -1)
+        """(height, round) of this node's last proposal, so that a re-broadcast is not logged."""
         self._committed = trio.Condition()
         self._rng = random.Random()
         self._debug = logging.getLogger("flnode.consensus").isEnabledFor(logging.DEBUG)
@@ -470,8 +472,10 @@ class ConsensusService(Service):
         assert self._nursery is not None and self.core is not None
         for action in actions:
             if isinstance(action, Broadcast):
-                if isinstance(action.message, Proposal) and self._proposal_seen is None:
-                    self._proposal_seen = time.monotonic()
+                if isinstance(action.message, Proposal):
+                    if self._proposal_seen is None:
+                        self._proposal_seen = time.monotonic()
+                    self._log_proposal(action.message)
                 try:
                     self._outbox_send.send_nowait((BFT_TOPIC, encode_message(action.message)))
                 except trio.WouldBlock:
@@ -504,6 +508,17 @@ class ConsensusService(Service):
                 self._nursery.start_soon(self._slash, action)
         if self.core.ctx is not None:
             self.stats.round = self.core.round
+
+    def _log_proposal(self, proposal: Proposal) -> None:
+        key = (proposal.height, proposal.round)
+        if key > self._proposal_sent:
+            self._proposal_sent = key
+            log.info(
+                "proposal sent",
+                height=proposal.height,
+                round=proposal.round,
+                pol_round=proposal.pol_round,
+            )
 
     def _charge(self, origin: object, reason: str, detail: str) -> None:
         self.stats.offences[reason] = self.stats.offences.get(reason, 0) + 1
