@@ -122,6 +122,7 @@ class Sampler:
         self.interval = interval
         self.threads = threads
         self.thread_cpu: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        self.thread_names: dict[tuple[int, int], str] = {}
         self.peak_rss = 0
         self.peak_pss = 0
         self.peak_processes = 0
@@ -155,7 +156,7 @@ class Sampler:
                     memory = proc.memory_full_info()  # PSS from /proc/<pid>/smaps_rollup
                     rss, pss = memory.rss, memory.pss
                     t = proc.cpu_times()
-                    threads = proc.threads() if self.threads else []
+                    threads = _threads(proc.pid) if self.threads else []
                     if proc.pid not in self.names:
                         self.names[proc.pid] = " ".join(proc.cmdline()[:3])[-80:]
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, ProcessLookupError):
@@ -164,9 +165,10 @@ class Sampler:
             total_pss += pss
             count += 1
             self.cpu.setdefault(proc.pid, []).append((now, t.user + t.system))
-            for th in threads:
-                key = (proc.pid, th.id)
-                self.thread_cpu.setdefault(key, []).append((now, th.user_time + th.system_time))
+            for tid, name, cpu in threads:
+                key = (proc.pid, tid)
+                self.thread_cpu.setdefault(key, []).append((now, cpu))
+                self.thread_names[key] = name  # the last one: a thread may rename itself
         if total > self.peak_rss:
             self.peak_rss = total
             self.peak_processes = count
@@ -198,6 +200,22 @@ class Sampler:
 
     def thread_count(self, pid: int) -> int:
         return sum(1 for p, _tid in self.thread_cpu if p == pid)
+
+    def cpu_by_thread_between(self, pid: int, start: float, end: float) -> dict[str, float]:
+        """CPU seconds of ``pid``'s threads between two moments, by kind of thread: the event
+        loop (the main thread), ``learning`` (flnode's training/judging/evaluating threads),
+        ``trio workers`` (``trio.to_thread``: chain and blob-store calls) and any other OS
+        thread name."""
+        out: dict[str, float] = {}
+        for (p, tid), samples in self.thread_cpu.items():
+            if p != pid or samples[0][0] > end or samples[-1][0] < start:
+                continue
+            spent = _interpolate(samples, end) - (
+                0.0 if samples[0][0] > start else _interpolate(samples, start)
+            )
+            kind = _thread_kind(pid, tid, self.thread_names.get((p, tid), ""))
+            out[kind] = out.get(kind, 0.0) + spent
+        return out
 
 
 def _interpolate(samples: list[tuple[float, float]], t: float) -> float:
@@ -659,12 +677,19 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
     first_open, last_close = float(first["seen_open_at"]), float(miner_rounds[-1]["commit_seen_at"])
     # Where the CPU went while the rounds ran: the devices' training is only part of it.
     cpu_by_role: dict[str, float] = {}
+    cpu_by_thread: dict[str, dict[str, float]] = {}
     for node in network.nodes:
         pid = _pid_of(node.name, pids, sampler)
         spent = None if pid is None else sampler.cpu_between(pid, first_open, last_close)
         if spent is not None:
             role = node.roles[0]
             cpu_by_role[role] = round(cpu_by_role.get(role, 0.0) + spent, 1)
+            kinds = cpu_by_thread.setdefault(role, {})
+            by_thread = sampler.cpu_by_thread_between(pid, first_open, last_close)
+            # Threads that began and ended between two samples were never seen.
+            by_thread["unseen threads"] = max(0.0, spent - sum(by_thread.values()))
+            for kind, seconds in by_thread.items():
+                kinds[kind] = round(kinds.get(kind, 0.0) + seconds, 1)
     return engine_record(
         "flnode-devnet",
         launched=launched,
@@ -681,9 +706,40 @@ def run_flnode(args: argparse.Namespace, workdir: Path, log: Callable[[str], Non
             "all_nodes_agree": report.get("all_nodes_agree_on_final_model"),
             "aggregation_rule": "fedavg",
             "rounds_cpu_s_by_role": cpu_by_role,
+            "rounds_cpu_s_by_role_and_thread": cpu_by_thread,
             "spawn": "fork",
         },
     )
+
+
+def _threads(pid: int) -> list[tuple[int, str, float]]:
+    """(thread id, OS thread name, CPU seconds) of every thread of ``pid``, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="utf-8", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out.append((int(tid), name, (int(fields[11]) + int(fields[12])) / tick))
+    return out
+
+
+def _thread_kind(pid: int, tid: int, name: str) -> str:
+    if tid == pid:
+        return "event loop"
+    if name.startswith("Trio thread"):
+        return "trio workers"
+    if name == "flnode-learn":
+        return "learning"
+    return name
 
 
 def _pid_of(name: str, pids: dict[str, int | None], sampler: Sampler) -> int | None:

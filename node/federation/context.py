@@ -76,6 +76,7 @@ async def run_low_priority(fn: Callable[..., T], *args: Any, nice: int = LOW_PRI
     def body() -> None:
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        name_os_thread(_LEARNING_THREAD)
         try:
             result.append(fn(*args))
         except BaseException as exc:  # re-raised in the caller
@@ -84,7 +85,7 @@ async def run_low_priority(fn: Callable[..., T], *args: Any, nice: int = LOW_PRI
             release_free_memory()
 
     def run() -> None:
-        thread = threading.Thread(target=body, name="flnode-learning", daemon=True)
+        thread = threading.Thread(target=body, name=_LEARNING_THREAD, daemon=True)
         thread.start()
         thread.join()
 
@@ -92,6 +93,23 @@ async def run_low_priority(fn: Callable[..., T], *args: Any, nice: int = LOW_PRI
     if error:
         raise error[0]
     return result[0]
+
+
+_LEARNING_THREAD = "flnode-learn"
+_PR_SET_NAME = 15
+
+
+def name_os_thread(name: str) -> bool:
+    """Give the calling thread ``name`` (at most 15 bytes) as its OS name, the one ``top -H``,
+    ``ps -L`` and ``/proc/<pid>/task/<tid>/comm`` show; False where that is not possible.
+
+    Python 3.11 names its threads for Python only, and a new thread inherits the OS name of the
+    one that started it (here a "Trio thread"), which hides the learning work's CPU time among
+    the event loop's helpers."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0) == 0)
 
 
 def release_free_memory() -> bool:

@@ -1,4 +1,4 @@
-"""run_low_priority: the work runs on a fresh thread at the nice value asked for."""
+"""run_low_priority: the work runs on a fresh, named thread at the nice value asked for."""
 
 from __future__ import annotations
 
@@ -23,6 +23,17 @@ async def test_work_runs_at_low_priority_on_its_own_thread_and_the_caller_keeps_
     tid_bg, nice_bg = await run_low_priority(_own_nice, nice=BACKGROUND_NICE)
     assert nice_bg == BACKGROUND_NICE and tid_bg != tid
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
+
+
+def _os_thread_name() -> str:
+    return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+
+async def test_the_learning_thread_carries_its_own_os_name() -> None:
+    """``top -H`` and the vs_flower benchmark tell the learning work's CPU apart by this name;
+    without it the thread shows the name of the trio worker that started it."""
+    assert await run_low_priority(_os_thread_name) == "flnode-learn"
+    assert _os_thread_name() != "flnode-learn"
 
 
 async def test_errors_in_low_priority_work_reach_the_caller() -> None:
