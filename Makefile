@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 FLNODE := $(VENV)/bin/flnode
 DEVNET_DIR ?= .run/devnet
 
-.PHONY: run test test-all lint bench-storage bench-chain contracts venv clean
+.PHONY: run test test-slow test-all lint bench-storage bench-chain contracts venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow"
+
+# The slow end-to-end tests alone (real devnets: chaos, default task, process faults; ~11 min).
+test-slow: $(VENV)/.installed-dev
+	$(PY) -m pytest -m slow
 
 test-all: $(VENV)/.installed-dev
 	$(PY) -m pytest
