@@ -127,11 +127,16 @@ def set_threads(threads: int | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Feature extraction and evaluation
 
+INFERENCE_BATCH = 256
+"""Images per forward pass when extracting features or evaluating. Small enough that a batch's
+activations stay in the CPU caches: on 10,000 MNIST images, one thread, ``dp-cnn`` evaluated in
+0.25 s at 256 against 0.51 s at 1,000, ``split-cnn`` in 1.07 s against 2.96 s (best of 3-9)."""
+
 
 def extract_features(
     extractor: nn.Module,
     images: Tensor,
-    batch_size: int = 1000,
+    batch_size: int = INFERENCE_BATCH,
     *,
     threads: int | None = DEFAULT_THREADS,
 ) -> Tensor:
@@ -154,7 +159,7 @@ def evaluate(
     model: nn.Module,
     inputs: Tensor,
     labels: Tensor,
-    batch_size: int = 1000,
+    batch_size: int = INFERENCE_BATCH,
     *,
     transform: FeatureFn | None = None,
     seed: int | None = None,
@@ -192,7 +197,7 @@ def evaluate_clean_and_noisy(
     *,
     bound_fn: FeatureFn | None,
     noise_fn: FeatureFn,
-    batch_size: int = 1000,
+    batch_size: int = INFERENCE_BATCH,
     seed: int | None = None,
     threads: int | None = DEFAULT_THREADS,
 ) -> CleanNoisyResult:
