@@ -210,3 +210,31 @@ async def test_a_miner_registered_after_genesis_joins_the_committee(tmp_path: Pa
         tx = await _transfer(nodes[1], nodes[2].identity.address)
         await _wait_included(nodes[1:], [tx])
         await _same_heads(nodes[1:])
+
+
+async def test_the_fallback_sync_waits_while_blocks_arrive_and_runs_when_they_stop(
+    tmp_path: Path,
+) -> None:
+    # Empty blocks every 0.2 s keep the chain moving; the fallback sync would run every 1 s.
+    settings = replace(FAST, sync_interval_s=1.0, max_block_interval_s=0.2)
+    async with running_nodes(tmp_path, miners=4, followers=1, settings=settings) as (
+        _net,
+        nodes,
+        _,
+    ):
+        follower = nodes[4]
+        assert follower.consensus is not None
+        with trio.fail_after(20):
+            while (await follower.head()).number < 3:
+                await trio.sleep(0.05)
+        before, start = follower.consensus.stats.sync_requests, (await follower.head()).number
+        await trio.sleep(3.5)
+        assert (await follower.head()).number >= start + 3, "the blocks stopped coming"
+        assert follower.consensus.stats.sync_requests == before, (
+            "a node that kept committing announced blocks still ran the fallback sync"
+        )
+        # No quorum, no blocks: now the fallback asks the peers left.
+        await nodes[2].stop()
+        await nodes[3].stop()
+        await trio.sleep(3.5)
+        assert follower.consensus.stats.sync_requests > before
