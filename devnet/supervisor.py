@@ -2,7 +2,7 @@
 
 ``up`` starts the seeds first (the nodes everyone bootstraps to), then the rest, and waits until
 every node is *ready* (its ``node.json`` names the process we started) and passes every
-:class:`ReadinessCheck`; the default check is that the node is connected to all the others. A
+:class:`ReadinessCheck`; the default check is that the node is connected to all the others (or to its ``p2p.max_peers``). A
 later issue adds checks (e.g. "a first block is committed") by passing its own list, without
 touching the launcher. A node that dies while ``up`` waits fails it with the end of its log.
 """
@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from ..api import ApiClient, ApiEndpoint
+from ..config import NodeConfig, load_config
 from ..errors import FLNodeError
 from ..rpc import METHOD_NOT_FOUND, RpcError
 from .errors import DevnetError
@@ -57,8 +58,18 @@ class ReadinessCheck:
 
 
 async def _connected_to_all(client: ApiClient, network: Network, name: str) -> bool:
+    """Connected to every other node, or to as many as the node's ``p2p.max_peers`` allows (a
+    large devnet may bound its devices' peers; the miners, unbounded, then connect to all)."""
     peers = await client.call("node_peers")
-    return int(peers["connected"]) >= len(network.nodes) - 1
+    wanted = min(len(network.nodes) - 1, _max_peers(network.datadir(name)))
+    return int(peers["connected"]) >= wanted
+
+
+def _max_peers(datadir: Path) -> int:
+    try:
+        return load_config(datadir, env={}).p2p.max_peers
+    except FLNodeError:  # the node itself refuses to start on it, and says why
+        return NodeConfig().p2p.max_peers
 
 
 CONNECTED = ReadinessCheck("connected", _connected_to_all)

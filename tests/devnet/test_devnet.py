@@ -198,3 +198,31 @@ def test_up_and_down_with_a_relative_dir_as_make_run_passes_it(
             flnode_exe, clean_env, "devnet", "down", "--dir", "rel/devnet", "--grace", "3",
             cwd=tmp_path,
         )  # fmt: skip
+
+
+BOUNDED_LAYOUT = """\
+miners = 1
+manufacturers = 0
+""" + "".join(
+    f'[[node]]\nname = "device-{i}"\nroles = ["device"]\nconfig.p2p.max_peers = 2\n'
+    for i in range(5)
+)
+
+
+def test_up_waits_for_each_node_to_reach_its_own_peer_bound(
+    devnet_dir: Path, tmp_path: Path, flnode_exe: list[str], clean_env: dict[str, str]
+) -> None:
+    """A large devnet bounds its devices' peers (a full mesh of 50 nodes does not run on 2
+    cores): ``up`` then waits for each device's ``max_peers`` connections, not for all nodes."""
+    layout = tmp_path / "layout.toml"
+    layout.write_text(BOUNDED_LAYOUT, encoding="utf-8")
+    up = _flnode(
+        flnode_exe,
+        clean_env,
+        *("devnet", "up", "--dir", str(devnet_dir), "--layout", str(layout), "--timeout", "90"),
+    )
+    assert up.returncode == 0, up.stderr[-3000:]
+    rows = _status(flnode_exe, clean_env, devnet_dir)
+    assert rows["miner-0"]["peers"] == 5, rows  # unbounded: it dials every node it learns of
+    for i in range(5):
+        assert rows[f"device-{i}"]["peers"] >= 2, rows
