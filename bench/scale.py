@@ -69,7 +69,7 @@ from bench._common import RESULTS_DIR, round_printer, write_result
 from bench.round import PARTS, summarise, task_spec
 from flnode.devnet import Network, down, layout_from_counts, prepare, up
 from flnode.devnet.errors import DevnetError
-from flnode.devnet.layout import MAX_NODES
+from flnode.devnet.layout import MAX_NODES, Layout, NodeSpec
 from flnode.devnet.processes import is_alive, node_pid
 from flnode.devnet.training import run_task
 
@@ -331,6 +331,24 @@ def shard_sizes(spec_text: str, shards: int, devices: int) -> list[int] | None:
     return part.sizes()[:devices]
 
 
+def devnet_layout(devices: int, shards: int, device_peers: int | None) -> Layout:
+    """4 miners, ``devices`` devices and a manufacturer; each device keeps at most
+    ``device_peers`` connections of its own dialling when given (None: every node connects to
+    every other). The miners are never bounded: they connect to every node."""
+    config = {"federation": {"shard_count": shards}}
+    if device_peers is None:
+        return layout_from_counts(
+            miners=MINERS, devices=devices, manufacturers=MANUFACTURERS, config=config
+        )
+    bounded = tuple(
+        NodeSpec(name=f"device-{i}", roles=("device",), config={"p2p": {"max_peers": device_peers}})
+        for i in range(devices)
+    )
+    return layout_from_counts(
+        miners=MINERS, manufacturers=MANUFACTURERS, config=config, extra_nodes=bounded
+    )
+
+
 async def measure(
     devices: int,
     *,
@@ -339,14 +357,10 @@ async def measure(
     workdir: Path,
     min_free_gib: float,
     deadline: float | None,
+    device_peers: int | None = None,
 ) -> dict[str, Any]:
     """Run one device count; the record (``status`` ``ok``) or raise."""
-    layout = layout_from_counts(
-        miners=MINERS,
-        devices=devices,
-        manufacturers=MANUFACTURERS,
-        config={"federation": {"shard_count": shards}},
-    )
+    layout = devnet_layout(devices, shards, device_peers)
     network = prepare(workdir / f"devnet-{devices}", layout, reset=True)
     spec = task_spec(devices, rounds)
     sizes = shard_sizes(spec, shards, devices)
@@ -402,6 +416,7 @@ async def measure(
         "devices": devices,
         "status": "ok",
         "processes": len(network.nodes),
+        "device_max_peers": device_peers,
         "miners": MINERS,
         "shard_count": shards,
         "images_per_device": None if sizes is None else [min(sizes), max(sizes)],
@@ -651,6 +666,12 @@ def main(argv: list[str] | None = None) -> int:
         "replace them); each keeps the date and command of its run",
     )
     parser.add_argument("--dir", type=Path, default=None, help="keep the devnets here")
+    parser.add_argument(
+        "--device-peers",
+        type=int,
+        default=None,
+        help="bound each device's own dialling to this many peers (default: a full mesh)",
+    )
     args = parser.parse_args(argv)
     counts = sorted(set(args.devices))
     if args.rounds < 2:
@@ -710,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                     workdir=workdir,
                     min_free_gib=args.min_free_gib,
                     deadline=deadline,
+                    device_peers=args.device_peers,
                 )
             )
         except KeyboardInterrupt:

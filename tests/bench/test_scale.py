@@ -180,3 +180,14 @@ def test_merge_keeps_earlier_sizes_not_measured_again_tagged_with_their_run() ->
     assert run["date"] == "2026-12-07T02:00:00+00:00"
     again, _ = scale.merge_records({**earlier, "date": "later", "records": records}, [])
     assert all(r["run"]["date"] == "2026-12-07T02:00:00+00:00" for r in again)  # kept
+
+
+def test_a_bounded_layout_bounds_the_devices_only() -> None:
+    full = scale.devnet_layout(6, 120, None)
+    bounded = scale.devnet_layout(6, 120, 3)
+    assert sorted(n.name for n in full.nodes) == sorted(n.name for n in bounded.nodes)
+    for node in bounded.nodes:
+        peers = node.config.get("p2p", {}).get("max_peers")
+        assert peers == (3 if node.roles == ("device",) else None), node
+    assert all("p2p" not in n.config for n in full.nodes)
+    assert bounded.config == full.config == {"federation": {"shard_count": 120}}
