@@ -213,7 +213,9 @@ class Sampler:
             spent = _interpolate(samples, end) - (
                 0.0 if samples[0][0] > start else _interpolate(samples, start)
             )
-            kind = _thread_kind(pid, tid, self.thread_names.get((p, tid), ""))
+            kind = _thread_kind(
+                pid, tid, self.thread_names.get((p, tid), ""), self.thread_names.get((p, p), "")
+            )
             out[kind] = out.get(kind, 0.0) + spent
         return out
 
@@ -732,13 +734,15 @@ def _threads(pid: int) -> list[tuple[int, str, float]]:
     return out
 
 
-def _thread_kind(pid: int, tid: int, name: str) -> str:
+def _thread_kind(pid: int, tid: int, name: str, main_name: str) -> str:
     if tid == pid:
         return "event loop"
     if name.startswith("Trio thread"):
         return "trio workers"
     if name == "flnode-learn":
         return "learning"
+    if name == main_name:
+        return "other threads"  # unnamed: started by the main thread, whose name they inherit
     return name
 
 
