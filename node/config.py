@@ -110,7 +110,12 @@ class P2PSection(_Section):
         (), description="Peers to connect to at start, as /ip4/.../tcp/PORT/p2p/PEER_ID."
     )
     mdns: bool = Field(False, description="Discover peers on the local network with mDNS.")
-    max_peers: int = Field(64, ge=1, le=10_000, description="Most peers to keep connected.")
+    max_peers: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Most peers this node dials; peers that dial it are still accepted.",
+    )
     peer_exchange_interval_s: float = Field(
         5.0, gt=0, description="Seconds between announcements of the peers this node knows."
     )
