@@ -16,8 +16,8 @@ Around it:
 * **Block sync** (request/response, :class:`~.messages.SyncRequest` → ``SyncResponse``): served
   from the certified-block records; a node syncs when the core reports a later height or a
   certified block it lacks, every ``sync_interval_s`` as a fallback when it committed nothing in
-  that time, and before it takes part at start ("catch up first"). Every synced block's certificate is verified against the committee
-  of its height before it is imported.
+  that time, and before it takes part at start ("catch up first"). Every synced block's
+  certificate is verified against the committee of its height before it is imported.
 * **Evidence**: equivocation evidence is gossiped by the core; a committee member submits it to
   the ledger contract's ``slash`` (once per offender, only while the offender still has stake).
 
