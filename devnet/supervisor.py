@@ -4,7 +4,8 @@
 every node is *ready* (its ``node.json`` names the process we started) and passes every
 :class:`ReadinessCheck`; the default check is that the node is connected to all the others (or
 to its own ``p2p.max_peers``). A later issue adds checks (e.g. "a first block is committed") by
-passing its own list, without touching the launcher. A node that dies while ``up`` waits fails it with the end of its log.
+passing its own list, without touching the launcher. A node that dies while ``up`` waits fails it
+with the end of its log.
 """
 
 from __future__ import annotations
