@@ -188,15 +188,22 @@ class Sampler:
     def busiest_thread_between(self, pid: int, start: float, end: float) -> float | None:
         """CPU seconds of ``pid``'s busiest thread between two moments (its training thread,
         when it trains: torch runs on one thread there)."""
-        deltas = [
-            # A thread first seen after ``start`` was made for the job (flnode trains on a fresh
+        deltas = [seconds for _tid, seconds in self._threads_between(pid, start, end)]
+        return max(deltas) if deltas else None
+
+    def _threads_between(self, pid: int, start: float, end: float) -> list[tuple[int, float]]:
+        """(thread id, CPU seconds) of each of ``pid``'s threads alive between two moments."""
+        return [
+            # A thread first seen after ``start`` was made meanwhile (flnode trains on a fresh
             # thread): it had used no CPU at ``start``.
-            _interpolate(samples, end)
-            - (0.0 if samples[0][0] > start else _interpolate(samples, start))
-            for (p, _tid), samples in self.thread_cpu.items()
+            (
+                tid,
+                _interpolate(samples, end)
+                - (0.0 if samples[0][0] > start else _interpolate(samples, start)),
+            )
+            for (p, tid), samples in self.thread_cpu.items()
             if p == pid and samples[0][0] <= end and samples[-1][0] >= start
         ]
-        return max(deltas) if deltas else None
 
     def thread_count(self, pid: int) -> int:
         return sum(1 for p, _tid in self.thread_cpu if p == pid)
@@ -207,15 +214,9 @@ class Sampler:
         ``trio workers`` (``trio.to_thread``: chain and blob-store calls) and any other OS
         thread name."""
         out: dict[str, float] = {}
-        for (p, tid), samples in self.thread_cpu.items():
-            if p != pid or samples[0][0] > end or samples[-1][0] < start:
-                continue
-            spent = _interpolate(samples, end) - (
-                0.0 if samples[0][0] > start else _interpolate(samples, start)
-            )
-            kind = _thread_kind(
-                pid, tid, self.thread_names.get((p, tid), ""), self.thread_names.get((p, p), "")
-            )
+        main_name = self.thread_names.get((pid, pid), "")
+        for tid, spent in self._threads_between(pid, start, end):
+            kind = _thread_kind(pid, tid, self.thread_names.get((pid, tid), ""), main_name)
             out[kind] = out.get(kind, 0.0) + spent
         return out
 

@@ -54,3 +54,26 @@ def test_threads_are_read_with_their_os_names_and_cpu_and_sorted_into_kinds() ->
     assert vs_flower._thread_kind(pid, 1, "Trio thread 3", main_name) == "trio workers"
     assert vs_flower._thread_kind(pid, 1, main_name, main_name) == "other threads"
     assert vs_flower._threads(2**22 + 12345) == []  # no such process: nothing, no error
+
+
+def test_cpu_between_two_moments_is_split_by_kind_of_thread() -> None:
+    sampler = vs_flower.Sampler(threads=True)  # not started: the samples are given
+    pid = 100
+    sampler.thread_cpu = {
+        (pid, pid): [(0.0, 1.0), (10.0, 3.0)],  # the event loop: 2 s over 0-10 s
+        (pid, 101): [(2.0, 0.0), (6.0, 4.0)],  # a thread made at 2 s: all of its 4 s count
+        (pid, 102): [(0.0, 0.0), (10.0, 1.0)],
+        (pid, 103): [(20.0, 0.0), (30.0, 5.0)],  # alive only after the window
+        (999, 104): [(0.0, 0.0), (10.0, 9.0)],  # another process
+    }
+    sampler.thread_names = {
+        (pid, pid): "python",
+        (pid, 101): "flnode-learn",
+        (pid, 102): "Trio thread 0",
+        (pid, 103): "flnode-learn",
+        (999, 104): "flnode-learn",
+    }
+    by_kind = sampler.cpu_by_thread_between(pid, 0.0, 10.0)
+    assert by_kind == {"event loop": 2.0, "learning": 4.0, "trio workers": 1.0}
+    assert sampler.busiest_thread_between(pid, 0.0, 10.0) == 4.0
+    assert sampler.busiest_thread_between(pid, 40.0, 50.0) is None
