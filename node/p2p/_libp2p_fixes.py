@@ -40,6 +40,14 @@ Each is applied once, before any ``Pubsub`` is created (:func:`apply`), and name
   advertised addresses (multiaddr parsing and encapsulation) and re-serialises its signed peer
   record for each RPC, a few per cent of every node's CPU on a busy devnet. The bytes are now
   kept for ``_RECORD_TTL_S`` per host (a change of address shows up at most that late).
+* **A pubsub stream that failed to open once was never retried**: ``Pubsub`` retries opening its
+  stream to a newly connected peer while the peer stays connected, but only on
+  ``SwarmException``/``StreamClosed``; a protocol negotiation that times out (10 s) raises the
+  host's ``StreamFailure``, which it takes as final. The peer then stays connected with no pubsub
+  stream: we never send it a message, and a node whose only peers are such peers hears no gossip,
+  so no peer announcement either, for good (seen on a loaded 45-process devnet: 5 devices kept
+  their 2 bootstrap peers and nothing else for 12 minutes). ``StreamFailure`` is now retried like
+  the others.
 * **No flood publishing**: py-libp2p's GossipSub sends a message this node publishes to its mesh
   (or fanout) peers only, ``degree`` of them, so most subscribers get it a hop or two later.
   go-libp2p's GossipSub floods its own publications to every subscribed peer with an acceptable
@@ -61,6 +69,8 @@ import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.pubsub.utils as _pubsub_utils
 import libp2p.stream_muxer.yamux.yamux as _yamux_module
 from google.protobuf.message import DecodeError
+from libp2p.host.exceptions import StreamFailure
+from libp2p.network.exceptions import SwarmException
 from libp2p.pubsub.rpc_queue import RpcQueue
 
 OUTBOUND_QUEUE_RPCS = 4096
@@ -166,10 +176,25 @@ def apply() -> None:
     _pubsub_module.env_to_send_in_RPC = _env_to_send_cached  # type: ignore[assignment]
     _gossipsub_module.env_to_send_in_RPC = _env_to_send_cached  # type: ignore[assignment]
     _pubsub_module.Pubsub.stream_handler = _stream_handler  # type: ignore[method-assign]
+    _pubsub_module.Pubsub._handle_new_peer = _retryable_stream_failure(  # type: ignore[method-assign]
+        _pubsub_module.Pubsub._handle_new_peer
+    )
     _gossipsub_module.GossipSub._get_peers_to_send = _flood_own_publications(
         _gossipsub_module.GossipSub._get_peers_to_send
     )
     _applied = True
+
+
+def _retryable_stream_failure(original: Any) -> Any:
+    """Wraps ``Pubsub._handle_new_peer``: see "A pubsub stream that failed to open once" above."""
+
+    async def handle_new_peer(self: Any, peer_id: Any) -> None:
+        try:
+            await original(self, peer_id)
+        except StreamFailure as exc:
+            raise SwarmException(f"opening a pubsub stream to {peer_id} failed: {exc}") from exc
+
+    return handle_new_peer
 
 
 def _flood_own_publications(original: Any) -> Any:

@@ -81,3 +81,26 @@ async def test_subscriptions_a_peer_forgot_are_resent_after_a_duplicate_connecti
         assert await _knows_subscription(a.pubsub, topic, b_id, within=3.0), (
             "b did not re-send its subscriptions after the duplicate connection closed"
         )
+
+
+async def test_a_pubsub_stream_that_failed_to_open_is_retried_while_the_peer_stays_connected() -> (
+    None
+):
+    """py-libp2p took a failed protocol negotiation (the host's ``StreamFailure``, e.g. a 10 s
+    timeout on a loaded peer) as final and left the peer connected with no pubsub stream: nothing
+    was ever sent to it. Here b refuses the gossip protocol at first, as a peer too busy to
+    answer would; once it answers, a registers it as a pubsub peer by itself."""
+    async with running_services(2, bootstrap_to_first=False) as (a, b):
+        assert a.host is not None and b.host is not None and a.pubsub is not None
+        b.host.remove_stream_handler(p2p_service.GOSSIP_PROTOCOL)
+        await a.connect(b.addrs[0])
+        b_id = b.host.get_id()
+        await a.wait_for_peers(1, timeout=10.0)
+        await trio.sleep(1.0)  # a's first attempt has failed
+        assert b_id not in a.pubsub.peers, "b answered the gossip protocol; nothing was tested"
+        b.host.set_stream_handler(p2p_service.GOSSIP_PROTOCOL, b.pubsub.stream_handler)  # type: ignore[union-attr]
+        with trio.move_on_after(15.0):
+            while b_id not in a.pubsub.peers:
+                await trio.sleep(0.1)
+        assert b_id in a.pubsub.peers, "a never retried opening its pubsub stream to b"
+        assert b_id in a.host.get_connected_peers()
