@@ -185,7 +185,6 @@ def _write_config(network: Network, node: DevnetNode) -> None:
     config.setdefault("log", {}).setdefault("format", "json")
     p2p = config.setdefault("p2p", {})
     p2p.update({"listen": [f"/ip4/127.0.0.1/tcp/{node.p2p_port}"], "bootstrap": seeds})
-    p2p.setdefault("peer_exchange_interval_s", 2.0)
     p2p.setdefault("reconnect_max_backoff_s", 5.0)
     api = config.setdefault("api", {})
     api.update({"enabled": True, "port": node.api_port})

@@ -117,7 +117,12 @@ class P2PSection(_Section):
         description="Most peers this node dials; peers that dial it are still accepted.",
     )
     peer_exchange_interval_s: float = Field(
-        5.0, gt=0, description="Seconds between announcements of the peers this node knows."
+        30.0,
+        gt=0,
+        description=(
+            "Seconds between announcements of this node's peers while it meets no peer that is"
+            " new to it (a new one is announced within about a second)."
+        ),
     )
     reconnect_max_backoff_s: float = Field(
         30.0, gt=0, description="Longest wait between reconnection attempts to a known peer."

@@ -57,7 +57,6 @@ PEERS_TOPIC = "peers"
 _DIAL_TIMEOUT_S = 5.0
 _CONNECTOR_TICK_S = 0.25
 _MAX_PX_ADDRS = 64
-_PX_REFRESH_S = 60.0  # repeat an unchanged peer announcement at most this often
 _PX_GAP_PER_PEER_S = 0.25  # least time between two announcements, per connected peer
 _PX_MAX_GAP_S = 15.0
 _VALIDATED_CACHE = 8192
@@ -163,7 +162,8 @@ class P2PService(Service):
         self._connected: set[str] = set()
         self._subscribers: dict[str, list[trio.MemorySendChannel[Envelope]]] = {}
         self._validated: OrderedDict[tuple[bytes, bytes], Envelope] = OrderedDict()
-        self._px_wanted = trio.Event()
+        self._px_news = trio.Event()
+        """Set when a peer connects that is news to the network (see :meth:`_announce_peers`)."""
         self._connections_changed_at = -math.inf
         """Monotonic time of the last connection opened or closed (duplicates included)."""
         self._nursery: trio.Nursery | None = None
@@ -446,7 +446,8 @@ class P2PService(Service):
             return
         if peer not in self._connected:
             self._connected.add(peer)
-            self._px_wanted.set()
+            if peer not in self._known or len(self._connected) == 1:
+                self._px_news.set()
             log.info("peer connected", peer=peer, peers=len(self._connected))
             if self._on_peer_event:
                 self._on_peer_event("joined", peer)
@@ -549,34 +550,35 @@ class P2PService(Service):
                     continue
 
     async def _announce_peers(self) -> None:
-        """Tell the network whom we know: after new connections and periodically.
+        """Tell the network whom we know: soon after we meet a peer that is news, and otherwise
+        every ``peer_exchange_interval_s``.
 
-        Every announcement reaches every node, so announcing on each connection change costs
-        O(N²) deliveries while N nodes mesh up, each with two signature checks: in a 45-node
-        devnet the miners' consensus messages arrived 60–230 s late (dropped as stale) and no
-        block was ever committed; with the spacing it came up in 168 s. Two announcements of one
-        node are therefore at least ``_PX_GAP_PER_PEER_S`` per connected peer apart (at most
-        ``_PX_MAX_GAP_S``): a node with few peers still spreads the news of a new one within a
-        second, and a network's total stays about linear in its size. A periodic announcement
-        that would repeat the previous one is skipped unless ``_PX_REFRESH_S`` have passed.
+        Every announcement reaches every node, so it costs O(N) deliveries, each with two
+        signature checks. Announcing on every connection change made that O(N²) per change
+        while N nodes meshed up: in a 45-node devnet each device validated ~1,200 announcements
+        in its first 5 minutes, gossip arrived a minute late and no block was committed. A peer
+        is news when we did not know it before it connected to us (nobody announced it to us,
+        so others probably lack it too); a peer we dialled because someone announced it is not.
+        So is our first connection after start or after losing every peer: the announcement
+        carries our own addresses.
+
+        News is still spaced: two announcements are at least ``_PX_GAP_PER_PEER_S`` per
+        connected peer apart (at most ``_PX_MAX_GAP_S``), so a node with few peers spreads a new
+        one within a second and a seed that many nodes join at once sends one list for them all.
         """
-        last: tuple[str, ...] = ()
-        last_at = -math.inf  # trio clock
+        last_at = trio.current_time()
         while True:
-            with trio.move_on_after(self.settings.peer_exchange_interval_s):
-                await self._px_wanted.wait()
+            with trio.move_on_at(last_at + self.settings.peer_exchange_interval_s):
+                await self._px_news.wait()
                 await trio.sleep(0.2)  # let a burst of new connections settle
             gap = min(_PX_MAX_GAP_S, _PX_GAP_PER_PEER_S * len(self._connected))
             await trio.sleep_until(max(trio.current_time(), last_at + gap))
-            self._px_wanted = trio.Event()
+            last_at = trio.current_time()
+            self._px_news = trio.Event()
             if not self._connected:
                 continue
-            addrs = self._px_addrs()
-            if tuple(addrs) == last and trio.current_time() - last_at < _PX_REFRESH_S:
-                continue
-            last, last_at = tuple(addrs), trio.current_time()
             try:
-                await self.publish(PEERS_TOPIC, PeerExchange(tuple(addrs)))
+                await self.publish(PEERS_TOPIC, PeerExchange(tuple(self._px_addrs())))
             except Exception as exc:  # never let discovery kill the service
                 log.debug("peer exchange publish failed", error=repr(exc))
 
